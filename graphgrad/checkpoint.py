@@ -1,7 +1,9 @@
 """Atomic, pickle-free checkpoints: model weights, optimizer state and metadata in one .npz file.
 
 Layout of the .npz archive:
-  ``model/<name>``   one entry per model array, under its state_dict name (readable with np.load);
+  ``model/<name>``   one entry per model array, under its state_dict name (readable with np.load;
+                     names other than [A-Za-z0-9_.-]+ get ``model/#<i>``, since zip member
+                     names are not arbitrary strings);
   ``blob/<i>``       arrays found anywhere inside the optimizer state or the metadata;
   ``__header__``     a 0-d unicode array holding JSON: format tag, version, model names, and the
                      optimizer state and metadata with each array replaced by {"__ndarray__": key}.
@@ -10,6 +12,7 @@ state or metadata are tagged so they come back as tuples and numpy scalars; dict
 """
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -63,16 +66,18 @@ def _decode(obj, arrays):
 def save(path, model_state, optim_state=None, meta=None):
     """Write a checkpoint to ``path`` atomically (a crash never leaves a partial file there)."""
     path = os.fspath(path)
-    entries = {}
-    for name, arr in model_state.items():
+    entries, model_keys = {}, []
+    for i, (name, arr) in enumerate(model_state.items()):
         if not isinstance(name, str):
             raise ValueError(f"checkpoint: model_state key {name!r} is not a string")
         arr = np.asarray(arr)
         if arr.dtype.hasobject:
             raise ValueError(f"checkpoint: model_state[{name!r}] is an object array")
-        entries[f"model/{name}"] = arr
+        key = f"model/{name}" if re.fullmatch(r"[\w.\-]+", name, re.ASCII) else f"model/#{i}"
+        entries[key] = arr
+        model_keys.append([name, key])
     blobs = {}
-    header = {"format": FORMAT, "version": VERSION, "model": list(model_state),
+    header = {"format": FORMAT, "version": VERSION, "model": model_keys,
               "optim": _encode(optim_state, blobs, "optim_state"),
               "meta": _encode({} if meta is None else meta, blobs, "meta")}
     entries.update(blobs)
@@ -128,7 +133,7 @@ def load(path):
         raise ValueError(f"checkpoint {path} has format version {header.get('version')}, "
                          f"this graphgrad reads version {VERSION}")
     try:
-        model_state = {name: arrays[f"model/{name}"] for name in header["model"]}
+        model_state = {name: arrays[key] for name, key in header["model"]}
         return model_state, _decode(header["optim"], arrays), _decode(header["meta"], arrays)
     except KeyError as e:
         raise ValueError(f"checkpoint {path} is corrupt: missing entry {e}") from e
