@@ -84,6 +84,9 @@ def save(path, model_state, optim_state=None, meta=None):
     entries["__header__"] = np.array(json.dumps(header))
 
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save checkpoint {path}: directory {directory} "
+                                "does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -167,6 +167,8 @@ def test_not_a_checkpoint_and_missing(tmp_path):
         checkpoint.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError, match="directory .*nodir does not exist"):
+        checkpoint.save(tmp_path / "nodir" / "ck.npz", {"w": np.zeros(1)})
 
 
 def test_unserialisable_meta_is_refused_before_writing(tmp_path):
