@@ -1,0 +1,283 @@
+"""Register-blocked AVX-512 GEMM emitted as LLVM IR, plus calls into numpy's OpenBLAS.
+
+C[M,N] (+)= op(A)[M,K] @ op(B)[K,N], row-major, leading dimensions in elements.
+Emitted function signature (all variants):
+    void name(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, i64 lda, i64 ldb, i64 ldc)
+
+Two micro-kernel shapes, chosen by where B is contiguous:
+* B not transposed (NN, TN: dH @ W, X^T @ dG): C rows are vectors along N;
+  each k step loads NV vectors of B's row k and broadcasts MR scalars of A, so
+  MR*NV FMA accumulators stay in zmm registers. A is read through (row, col)
+  strides, which makes op(A) = A^T free. The N tail uses masked loads/stores.
+* B transposed (NT: h @ W^T): both A rows and W rows are contiguous along K, so
+  the kernel keeps MR x NR dot products as K-direction vectors and reduces each
+  once at the end. The K tail is one masked step.
+No packing: the RNN products are small enough that copy costs dominate otherwise
+(measured numbers in docs/runtime.md).
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+from llvmlite import ir
+
+from compiler.llvmlib.vecmath import intrinsic
+
+I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
+GEMM_ARGS = ("A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc")
+
+
+def gemm_ctypes():
+    """ctypes prototype of an emitted gemm function."""
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 6)
+
+
+def _c(v):
+    return ir.Constant(I64, v)
+
+
+class _Kit:
+    """Per-dtype types and small emit helpers shared by the micro-kernels."""
+
+    def __init__(self, module, dtype):
+        self.mod = module
+        self.f64 = dtype == "float64"
+        self.fty = ir.DoubleType() if self.f64 else ir.FloatType()
+        self.w = 8 if self.f64 else 16
+        self.vty = ir.VectorType(self.fty, self.w)
+        self.esize = 8 if self.f64 else 4
+        self.tag = f"v{self.w}f{64 if self.f64 else 32}"
+
+    def decl(self, name, ret, args):
+        fn = self.mod.globals.get(name)
+        return fn or ir.Function(self.mod, ir.FunctionType(ret, args), name=name)
+
+    def gep(self, b, p, off):
+        return b.gep(p, [off], inbounds=True, source_etype=self.fty)
+
+    def mask(self, b, nrem):
+        iota = ir.Constant(ir.VectorType(I64, self.w), list(range(self.w)))
+        v = b.insert_element(ir.Constant(ir.VectorType(I64, self.w), None), nrem,
+                             ir.Constant(I32, 0))
+        v = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
+        return b.icmp_signed("<", iota, v)
+
+    def vload(self, b, p, mask=None):
+        if mask is None:
+            return b.load(p, typ=self.vty, align=self.esize)
+        mty = ir.VectorType(I1, self.w)
+        f = self.decl(f"llvm.masked.load.{self.tag}.p0", self.vty, [PTR, I32, mty, self.vty])
+        return b.call(f, [p, ir.Constant(I32, self.esize), mask, ir.Constant(self.vty, 0.0)])
+
+    def vstore(self, b, v, p, mask=None):
+        if mask is None:
+            return b.store(v, p, align=self.esize)
+        mty = ir.VectorType(I1, self.w)
+        f = self.decl(f"llvm.masked.store.{self.tag}.p0", ir.VoidType(),
+                      [self.vty, PTR, I32, mty])
+        return b.call(f, [v, p, ir.Constant(I32, self.esize), mask])
+
+    def splat(self, b, s):
+        v = b.insert_element(ir.Constant(self.vty, None), s, ir.Constant(I32, 0))
+        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
+
+    def fma(self, b, x, y, z):
+        return b.call(intrinsic(b, "fma", self.vty, 3), [x, y, z])
+
+    def hsum(self, b, v):
+        f = self.decl(f"llvm.vector.reduce.fadd.{self.tag}", self.fty, [self.fty, self.vty])
+        return b.call(f, [ir.Constant(self.fty, -0.0), v], fastmath=("reassoc",))
+
+
+def _loop(b, start, stop, step, carried, body):
+    """Counted loop with loop-carried SSA values; returns their final values."""
+    fn = b.function
+    pre = b.block
+    head, blk, done = (fn.append_basic_block() for _ in range(3))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(start, pre)
+    phis = []
+    for v in carried:
+        p = b.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    b.cbranch(b.icmp_signed("<", i, stop), blk, done)
+    b.position_at_end(blk)
+    new = body(i, phis) or []
+    i.add_incoming(b.add(i, step), b.block)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return phis
+
+
+def _new_fn(kit, name, nargs):
+    fn = ir.Function(kit.mod, ir.FunctionType(ir.VoidType(), [PTR] * 3 + [I64] * nargs),
+                     name=name)
+    fn.linkage = "internal"
+    for a in fn.args[:3]:
+        a.add_attribute("noalias")
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _store_tile(kit, b, accumulate, p, v, mask=None):
+    if accumulate:
+        v = b.fadd(v, kit.vload(b, p, mask))
+    kit.vstore(b, v, p, mask)
+
+
+def _mk_rowvec(kit, mr, nv, masked, accumulate):
+    """C[0:mr, 0:nv*W] (+)= A[0:mr, :] @ B[:, 0:nv*W]; last vector masked if asked."""
+    name = f"gg_mk_rv_{kit.tag}_{mr}x{nv}{'m' if masked else ''}{'_acc' if accumulate else ''}"
+    if name in kit.mod.globals:
+        return kit.mod.globals[name]
+    fn, b = _new_fn(kit, name, 6)
+    A, B, C, K, sai, sak, ldb, ldc, nrem = fn.args
+    mask = kit.mask(b, nrem) if masked else None
+    zero = ir.Constant(kit.vty, 0.0)
+
+    def body(k, accs):
+        brow = kit.gep(b, B, b.mul(k, ldb))
+        bv = [kit.vload(b, kit.gep(b, brow, _c(v * kit.w)), mask if v == nv - 1 else None)
+              for v in range(nv)]
+        ak = b.mul(k, sak)
+        out = []
+        for i in range(mr):
+            a = b.load(kit.gep(b, A, b.add(ak, b.mul(_c(i), sai))), typ=kit.fty)
+            av = kit.splat(b, a)
+            out += [kit.fma(b, av, bv[v], accs[i * nv + v]) for v in range(nv)]
+        return out
+
+    accs = _loop(b, _c(0), K, _c(1), [zero] * (mr * nv), body)
+    for i in range(mr):
+        crow = kit.gep(b, C, b.mul(_c(i), ldc))
+        for v in range(nv):
+            _store_tile(kit, b, accumulate, kit.gep(b, crow, _c(v * kit.w)), accs[i * nv + v],
+                        mask if v == nv - 1 else None)
+    b.ret_void()
+    return fn
+
+
+def _mk_dot(kit, mr, nr, accumulate):
+    """C[0:mr, 0:nr] (+)= A[0:mr, :] @ Bt[0:nr, :]^T with K-direction vector accumulators."""
+    name = f"gg_mk_dot_{kit.tag}_{mr}x{nr}{'_acc' if accumulate else ''}"
+    if name in kit.mod.globals:
+        return kit.mod.globals[name]
+    fn, b = _new_fn(kit, name, 4)
+    A, Bt, C, K, lda, ldb, ldc = fn.args
+    zero = ir.Constant(kit.vty, 0.0)
+    kfull = b.mul(b.sdiv(K, _c(kit.w)), _c(kit.w))
+    arows = [kit.gep(b, A, b.mul(_c(i), lda)) for i in range(mr)]
+    brows = [kit.gep(b, Bt, b.mul(_c(j), ldb)) for j in range(nr)]
+
+    def step(k, accs, mask=None):
+        av = [kit.vload(b, kit.gep(b, r, k), mask) for r in arows]
+        bv = [kit.vload(b, kit.gep(b, r, k), mask) for r in brows]
+        return [kit.fma(b, av[i], bv[j], accs[i * nr + j]) for i in range(mr) for j in range(nr)]
+
+    accs = _loop(b, _c(0), kfull, _c(kit.w), [zero] * (mr * nr), step)
+    # The K tail is one masked step; with an all-false mask it reads nothing.
+    accs = step(kfull, accs, kit.mask(b, b.sub(K, kfull)))
+    for i in range(mr):
+        for j in range(nr):
+            s = kit.hsum(b, accs[i * nr + j])
+            p = kit.gep(b, C, b.add(b.mul(_c(i), ldc), _c(j)))
+            if accumulate:
+                s = b.fadd(s, b.load(p, typ=kit.fty))
+            b.store(s, p)
+    b.ret_void()
+    return fn
+
+
+def _row_blocks(b, M, mr_max, call):
+    """call(i0, mr) over row blocks of mr_max, then one call for the remainder."""
+    mfull = b.mul(b.sdiv(M, _c(mr_max)), _c(mr_max))
+    _loop(b, _c(0), mfull, _c(mr_max), [], lambda i, _: call(i, mr_max))
+    if mr_max == 1:
+        return
+    fn = b.function
+    done = fn.append_basic_block()
+    sw = b.switch(b.sub(M, mfull), done)
+    for mr in range(1, mr_max):
+        blk = fn.append_basic_block()
+        sw.add_case(_c(mr), blk)
+        b.position_at_end(blk)
+        call(mfull, mr)
+        b.branch(done)
+    b.position_at_end(done)
+
+
+def emit_gemm(module: ir.Module, name: str, dtype: str = "float32", trans_a: bool = False,
+              trans_b: bool = False, accumulate: bool = False, mr: int | None = None,
+              nv: int | None = None) -> ir.Function:
+    """Emit `name` computing C (+)= op(A) @ op(B); see the module docstring.
+
+    trans_a: A is stored K x M (lda >= M); trans_b: B is stored N x K (ldb >= K).
+    accumulate: C += product instead of C = product. mr/nv tune the register
+    tile (rows x vectors) of the non-transposed-B kernel.
+    """
+    if trans_a and trans_b:
+        raise NotImplementedError("op(A)=A^T with op(B)=B^T is not needed by BPTT")
+    kit = _Kit(module, dtype)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 3 + [I64] * 6), name=name)
+    for a, n in zip(fn.args, GEMM_ARGS):
+        a.name = n
+    for a in fn.args[:3]:
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    A, B, C, M, N, K, lda, ldb, ldc = fn.args
+    if trans_b:
+        _emit_nt(kit, b, fn.args, accumulate)
+    else:
+        sai, sak = (_c(1), lda) if trans_a else (lda, _c(1))
+        _emit_nn(kit, b, fn.args, sai, sak, accumulate, mr or 4, nv or 4)
+    b.ret_void()
+    return fn
+
+
+def _emit_nn(kit, b, args, sai, sak, accumulate, mr_max, nv):
+    A, B, C, M, N, K, lda, ldb, ldc = args
+    w = kit.w
+
+    def cols(j0, nvec, masked, nrem, rows_mr):
+        def call(i0, mr):
+            mk = _mk_rowvec(kit, mr, nvec, masked, accumulate)
+            a0 = kit.gep(b, A, b.mul(i0, sai))
+            c0 = kit.gep(b, C, b.add(b.mul(i0, ldc), j0))
+            b.call(mk, [a0, kit.gep(b, B, j0), c0, K, sai, sak, ldb, ldc, nrem])
+        _row_blocks(b, M, rows_mr, call)
+
+    nr = nv * w
+    nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
+    _loop(b, _c(0), nfull, _c(nr), [], lambda j, _: cols(j, nv, False, _c(w), mr_max))
+    n1 = b.add(nfull, b.mul(b.sdiv(b.sub(N, nfull), _c(w)), _c(w)))
+    _loop(b, nfull, n1, _c(w), [], lambda j, _: cols(j, 1, False, _c(w), mr_max))
+    fn = b.function
+    tail, done = fn.append_basic_block(), fn.append_basic_block()
+    b.cbranch(b.icmp_signed("<", n1, N), tail, done)
+    b.position_at_end(tail)
+    cols(n1, 1, True, b.sub(N, n1), mr_max)
+    b.branch(done)
+    b.position_at_end(done)
+
+
+def _emit_nt(kit, b, args, accumulate, mr_max=4, nr_max=4):
+    A, Bt, C, M, N, K, lda, ldb, ldc = args
+
+    def row_block(i0, mr):
+        nr = nr_max if mr > 1 else 2 * nr_max  # one row: wider to use more accumulators
+
+        def call(j0, n):
+            mk = _mk_dot(kit, mr, n, accumulate)
+            b.call(mk, [kit.gep(b, A, b.mul(i0, lda)), kit.gep(b, Bt, b.mul(j0, ldb)),
+                        kit.gep(b, C, b.add(b.mul(i0, ldc), j0)), K, lda, ldb, ldc])
+        nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
+        _loop(b, _c(0), nfull, _c(nr), [], lambda j, _: call(j, nr))
+        _loop(b, nfull, N, _c(1), [], lambda j, _: call(j, 1))
+
+    _row_blocks(b, M, mr_max, row_block)
