@@ -10,3 +10,6 @@ __version__ = "0.1.0"
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RNNCell
 from . import cells
+from .module import Module
+from .heads import (LanguageModel, Linear, SequenceClassifier, SequenceRegressor, make_rnn,
+                    perplexity)

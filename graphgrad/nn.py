@@ -6,6 +6,7 @@ import numpy as np
 from . import cells
 from .core import Tensor
 from .functional import stack
+from .module import Module
 from .ops import concat, getitem
 
 
@@ -23,7 +24,7 @@ def _map_state(state, f):
     return tuple(_map_state(s, f) for s in state) if isinstance(state, tuple) else f(state)
 
 
-class Recurrent:
+class Recurrent(Module):
     """One recurrent layer from a step function: `step(p, x_t, state) -> (y_t, new_state)`.
 
     Runs over xs of shape (T, B, I) and returns (ys (T, B, Y), final state). With reverse=True
@@ -51,7 +52,7 @@ class Recurrent:
         return stack(ys, 0), state
 
 
-class _SequenceModel:
+class _SequenceModel(Module):
     mode = ""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -101,34 +102,8 @@ class _SequenceModel:
             out.append(row)
         return out
 
-    # -- PyTorch-compatible parameter handling
     def parameters(self):
         return dict(self._params)
-
-    def state_dict(self):
-        return {k: v.data.copy() for k, v in self._params.items()}
-
-    def load_state_dict(self, state):
-        state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-                 for k, v in state.items()}
-        missing = sorted(set(self._params) - set(state))
-        extra = sorted(set(state) - set(self._params))
-        if missing or extra:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing {missing}, "
-                           f"unexpected {extra}")
-        for k, v in state.items():
-            p = self._params[k]
-            if v.shape != p.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {k} has shape "
-                                 f"{list(v.shape)}, the model expects {list(p.shape)}")
-            if v.dtype != p.dtype:
-                raise TypeError(f"{type(self).__name__}.load_state_dict: {k} is {v.dtype}, the "
-                                f"model is {p.dtype} (convert explicitly)")
-            p.data = v.copy()
-
-    def zero_grad(self):
-        for p in self._params.values():
-            p.grad = None
 
     # -- running
     def _state_shape(self, batch):

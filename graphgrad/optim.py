@@ -5,8 +5,8 @@ A parameter is any object with ``.data`` (a float numpy array, updated in place)
 keyed by the same names as ``model.parameters()`` and can be checkpointed next to the weights.
 
 The update rules follow torch.optim (SGD, Adagrad, Adam, single param group). Differences:
-  * a gradient whose dtype differs from its parameter is cast to the parameter's dtype
-    (torch raises);
+  * a gradient whose dtype differs from its parameter is an error, as in torch (graphgrad
+    never casts silently);
   * ``Adam(weight_decay=...)`` is torch's coupled L2 penalty, not AdamW;
   * state is keyed by parameter name, not by position, and ``state_dict()`` holds only plain
     Python numbers, strings and numpy arrays (see ``graphgrad.checkpoint``).
@@ -44,8 +44,7 @@ class Optimizer:
         self.state = {name: {} for name in self.params}
 
     def _grads(self):
-        """Yield (name, param, grad cast to the param dtype); params without a grad are skipped,
-        as in torch."""
+        """Yield (name, param, grad); params without a grad are skipped, as in torch."""
         for name, p in self.params.items():
             g = p.grad
             if g is None:
@@ -54,7 +53,10 @@ class Optimizer:
             if g.shape != p.data.shape:
                 raise ValueError(f"{type(self).__name__}: gradient of {name!r} has shape "
                                  f"{g.shape} but the parameter has shape {p.data.shape}")
-            yield name, p, g.astype(p.data.dtype, copy=False)
+            if g.dtype != p.data.dtype:
+                raise TypeError(f"{type(self).__name__}: gradient of {name!r} is {g.dtype} but "
+                                f"the parameter is {p.data.dtype}")
+            yield name, p, g
 
     def zero_grad(self, set_to_none=True):
         """Clear gradients; like torch, the default drops them (``grad = None``)."""

@@ -88,7 +88,10 @@ def test_float32_param_stays_float32_and_in_place():
     p = P(0)
     p.data = data
     opt = optim.Adam({"w": p}, lr=0.1)
-    p.grad = np.ones(4, dtype=np.float64)  # cast to the param dtype
+    p.grad = np.ones(4, dtype=np.float64)
+    with pytest.raises(TypeError, match="gradient of 'w' is float64 but the parameter is float32"):
+        opt.step()  # no silent downcast
+    p.grad = np.ones(4, dtype=np.float32)
     opt.step()
     assert p.data is data and data.dtype == np.float32
     assert opt.state["w"]["exp_avg"].dtype == np.float32

@@ -1,0 +1,157 @@
+"""Heads and whole task models: many-to-many language models, many-to-one classifiers, sampling."""
+from __future__ import annotations
+
+import numpy as np
+
+from .core import Tensor, no_grad
+from .functional import cross_entropy, embedding, softmax
+from .module import Module
+from .nn import GRU, LSTM, RNN
+from .ops import getitem, one_hot
+
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+def make_rnn(cell, input_size, hidden_size, **kw):
+    """A sequence model by name: rnn (tanh), rnn_relu, lstm, gru, gru_v1 (reset before matmul)."""
+    if cell == "rnn_relu":
+        return RNN(input_size, hidden_size, nonlinearity="relu", **kw)
+    if cell == "gru_v1":
+        return GRU(input_size, hidden_size, reset_after=False, **kw)
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose one of rnn, rnn_relu, lstm, gru, gru_v1")
+    return CELLS[cell](input_size, hidden_size, **kw)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, PyTorch's layout and default init."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(in_features)
+        self.weight = Tensor(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
+                             requires_grad=True)
+        self.bias = Tensor(rng.uniform(-bound, bound, out_features).astype(dtype),
+                           requires_grad=True) if bias else None
+
+    def parameters(self):
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def __call__(self, x):
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+
+def _prefixed(prefix, params):
+    return {f"{prefix}.{k}": v for k, v in params.items()}
+
+
+class LanguageModel(Module):
+    """Many-to-many: token ids (T, B) -> logits (T, B, V), trained with per-step cross-entropy.
+
+    Inputs are one-hot vectors (the textbook character model) unless `embed_size` is given.
+    Parameter names: `rnn.*` as in torch.nn.LSTM etc., `embedding.weight`, `head.weight/bias`.
+    """
+
+    def __init__(self, vocab_size, hidden_size, cell="lstm", num_layers=1, embed_size=None,
+                 dtype=np.float32, seed=0, **rnn_kw):
+        self.vocab_size, self.hidden_size, self.cell = vocab_size, hidden_size, cell
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.embedding = None
+        if embed_size:
+            self.embedding = Tensor(rng.standard_normal((vocab_size, embed_size)).astype(dtype),
+                                    requires_grad=True)
+        in_size = embed_size or vocab_size
+        self.rnn = make_rnn(cell, in_size, hidden_size, num_layers=num_layers, dtype=dtype,
+                            seed=seed + 1, **rnn_kw)
+        self.head = Linear(hidden_size * self.rnn.num_directions, vocab_size, dtype=dtype,
+                           seed=seed + 2)
+
+    def parameters(self):
+        p = {"embedding.weight": self.embedding} if self.embedding is not None else {}
+        return {**p, **_prefixed("rnn", self.rnn.parameters()),
+                **_prefixed("head", self.head.parameters())}
+
+    def inputs(self, ids):
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"LanguageModel: token ids must be integers, got {ids.dtype}")
+        if self.embedding is not None:
+            return embedding(self.embedding, ids)
+        return one_hot(ids, self.vocab_size, self.dtype)
+
+    def __call__(self, ids, state=None):
+        out, state = self.rnn(self.inputs(ids), state)
+        return self.head(out), state
+
+    def loss(self, ids, targets, state=None):
+        """Mean cross-entropy over all T*B predictions, and the final state."""
+        logits, state = self(ids, state)
+        return cross_entropy(logits, np.asarray(targets)), state
+
+    def init_state(self, batch):
+        return self.rnn.init_state(batch)
+
+    def sample(self, prefix, n, temperature=1.0, rng=None):
+        """One-to-many: feed `prefix` ids, then draw `n` ids, each fed back as the next input.
+
+        temperature -> 0 approaches greedy decoding; larger values flatten the distribution.
+        """
+        if temperature <= 0:
+            raise ValueError(f"sample: temperature must be > 0, got {temperature}")
+        rng = np.random.default_rng(rng)
+        prefix = np.asarray(prefix, dtype=np.int64).reshape(-1, 1)
+        if prefix.size == 0:
+            raise ValueError("sample: needs at least one prefix id to start from")
+        out = []
+        with no_grad():
+            logits, state = self(prefix)
+            last = logits.data[-1, 0]
+            for _ in range(n):
+                p = softmax(Tensor(last.astype(np.float64) / temperature)).data
+                nxt = int(rng.choice(self.vocab_size, p=p / p.sum()))
+                out.append(nxt)
+                logits, state = self(np.array([[nxt]]), state)
+                last = logits.data[-1, 0]
+        return np.array(out, dtype=np.int64)
+
+
+class SequenceClassifier(Module):
+    """Many-to-one: the last time step's output -> class logits."""
+
+    def __init__(self, input_size, hidden_size, num_classes, cell="lstm", dtype=np.float32,
+                 seed=0, **rnn_kw):
+        self.rnn = make_rnn(cell, input_size, hidden_size, dtype=dtype, seed=seed, **rnn_kw)
+        self.head = Linear(hidden_size * self.rnn.num_directions, num_classes, dtype=dtype,
+                           seed=seed + 1)
+
+    def parameters(self):
+        return {**_prefixed("rnn", self.rnn.parameters()),
+                **_prefixed("head", self.head.parameters())}
+
+    def __call__(self, xs, state=None):
+        out, state = self.rnn(xs, state)
+        return self.head(getitem(out, -1)), state
+
+    def loss(self, xs, labels, state=None):
+        logits, _ = self(xs, state)
+        return cross_entropy(logits, np.asarray(labels))
+
+
+class SequenceRegressor(SequenceClassifier):
+    """Many-to-one regression (e.g. the adding problem): last output -> a number, MSE loss."""
+
+    def __init__(self, input_size, hidden_size, cell="lstm", out_features=1, **kw):
+        super().__init__(input_size, hidden_size, out_features, cell=cell, **kw)
+
+    def loss(self, xs, targets, state=None):
+        from .functional import mse
+        pred, _ = self(xs, state)
+        return mse(pred, np.asarray(targets, dtype=pred.dtype).reshape(pred.shape))
+
+
+def perplexity(mean_cross_entropy):
+    """exp of the mean per-token cross-entropy (in nats)."""
+    v = mean_cross_entropy.item() if isinstance(mean_cross_entropy, Tensor) else mean_cross_entropy
+    return float(np.exp(v))
