@@ -281,3 +281,128 @@ def _emit_nt(kit, b, args, accumulate, mr_max=4, nr_max=4):
         _loop(b, nfull, N, _c(1), [], lambda j, _: call(j, 1))
 
     _row_blocks(b, M, mr_max, row_block)
+
+
+# --- OpenBLAS shipped with numpy (scipy-openblas, ILP64, symbols suffixed 64_) ---
+
+_BLAS_NAMES = {"float32": "scipy_cblas_sgemm64_", "float64": "scipy_cblas_dgemm64_"}
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def openblas_path() -> str:
+    """The libscipy_openblas64_ shared object numpy links against."""
+    import numpy
+    site = os.path.dirname(os.path.dirname(numpy.__file__))
+    hits = sorted(glob.glob(os.path.join(site, "numpy.libs", "libscipy_openblas64_*.so*")) +
+                  glob.glob(os.path.join(site, "scipy_openblas64", "lib", "lib*.so*")))
+    if not hits:
+        raise FileNotFoundError("numpy's scipy-openblas library was not found")
+    return hits[0]
+
+
+def openblas() -> ctypes.CDLL:
+    """numpy has already loaded the library, so this returns the same handle."""
+    return ctypes.CDLL(openblas_path())
+
+
+def blas_externals() -> dict[str, int]:
+    """name -> address for runtime.jit.load(externals=...)."""
+    lib = openblas()
+    return {n: ctypes.cast(getattr(lib, n), ctypes.c_void_p).value
+            for n in _BLAS_NAMES.values()}
+
+
+def blas_set_threads(n: int) -> None:
+    openblas().scipy_openblas_set_num_threads64_(int(n))
+
+
+def blas_corename() -> str:
+    f = openblas().scipy_openblas_get_corename64_
+    f.restype = ctypes.c_char_p
+    return f().decode()
+
+
+def emit_blas_gemm_call(b: ir.IRBuilder, dtype, trans_a, trans_b, accumulate,
+                        A, B, C, M, N, K, lda, ldb, ldc):
+    """Emit a call to cblas ?gemm (row-major) with the same semantics as emit_gemm.
+
+    M..ldc are i64 values. The object then needs blas_externals() at load time.
+    """
+    fty = ir.DoubleType() if dtype == "float64" else ir.FloatType()
+    name = _BLAS_NAMES[dtype]
+    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(
+        ir.VoidType(), [I32] * 3 + [I64] * 3 + [fty, PTR, I64, PTR, I64, fty, PTR, I64]),
+        name=name)
+    t = lambda f: ir.Constant(I32, _TRANS if f else _NO_TRANS)  # noqa: E731
+    return b.call(fn, [ir.Constant(I32, _ROW_MAJOR), t(trans_a), t(trans_b), M, N, K,
+                       ir.Constant(fty, 1.0), A, lda, B, ldb,
+                       ir.Constant(fty, 1.0 if accumulate else 0.0), C, ldc])
+
+
+def emit_blas_gemm(module: ir.Module, name: str, dtype="float32", trans_a=False,
+                   trans_b=False, accumulate=False) -> ir.Function:
+    """A function with emit_gemm's signature that forwards to OpenBLAS."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 3 + [I64] * 6), name=name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    A, B, C, M, N, K, lda, ldb, ldc = fn.args
+    emit_blas_gemm_call(b, dtype, trans_a, trans_b, accumulate, A, B, C, M, N, K, lda, ldb, ldc)
+    b.ret_void()
+    return fn
+
+
+def prefer_blas(dtype: str, M: int, N: int, K: int, trans_a=False, trans_b=False) -> bool:
+    """Which implementation to emit for a product of this size (True: OpenBLAS).
+
+    From the single-thread measurements in docs/runtime.md: the own kernel wins
+    or ties for the per-step recurrent products with few rows (no call/packing
+    overhead, GEMV-like M=1 is several times faster for H >= 512); OpenBLAS'
+    packed, cache-blocked kernels win for the big hoisted products.
+    """
+    if trans_a:
+        return M * N * K > (1 << 20)
+    return M > 16
+
+
+def _bench(dtype="float32", quick=False):
+    """Print GFLOP/s of the own kernel vs OpenBLAS (1 thread) for the BPTT shapes."""
+    import numpy as np
+
+    from runtime import jit
+    from runtime.timing import auto_inner, median_ms
+    blas_set_threads(1)
+    variants = [("nt", False, True), ("nn", False, False), ("tn", True, False)]
+    mod = ir.Module("bench")
+    mod.triple = jit.target_info().triple
+    for v, ta, tb in variants:
+        emit_gemm(mod, "own_" + v, dtype, ta, tb)
+        emit_blas_gemm(mod, "blas_" + v, dtype, ta, tb)
+    names = [p + v for v, _, _ in variants for p in ("own_", "blas_")]
+    lib = jit.jit(str(mod), {n: gemm_ctypes() for n in names}, externals=blas_externals())
+    shapes = [("nt", B, H, 4 * H) for H in (64, 128, 256, 512, 1024) for B in (1, 16, 32, 64)]
+    shapes += [("nn", B, H, 4 * H) for H in (64, 256, 1024) for B in (1, 64)]
+    shapes += [("nt", 3200, 256, 1024), ("nt", 3200, 512, 2048), ("tn", 256, 3200, 1024)]
+    if quick:
+        shapes = shapes[::4]
+    rng = np.random.default_rng(0)
+    print(f"# {dtype}, OpenBLAS core {blas_corename()}, 1 thread; GFLOP/s")
+    print("| op | M | K | N | own | OpenBLAS |")
+    print("|---|---|---|---|---|---|")
+    for v, M, K, N in shapes:
+        ta, tb = v[0] == "t", v[1] == "t"
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+        B = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+        C = np.zeros((M, N), dtype)
+        args = (A.ctypes.data, B.ctypes.data, C.ctypes.data, M, N, K, A.shape[1],
+                B.shape[1], N)
+        res = []
+        for p in ("own_", "blas_"):
+            f = lib[p + v]
+            call = lambda: f(*args)  # noqa: E731
+            ms = median_ms(call, repeats=7, warmup=2, inner=auto_inner(call))
+            res.append(2 * M * N * K / ms / 1e6)
+        print(f"| {v} | {M} | {K} | {N} | {res[0]:.1f} | {res[1]:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+    _bench(sys.argv[1] if len(sys.argv) > 1 else "float32", "--quick" in sys.argv)

@@ -1,0 +1,102 @@
+"""runtime.jit / runtime.cache: compile-load separation, caching, errors, codegen."""
+import ctypes
+import os
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from compiler.llvmlib import vecmath
+from runtime import cache, jit
+
+ADD1 = "define double @add1(double %x) {\n  %y = fadd double %x, 1.0\n  ret double %y\n}\n"
+DPROTO = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double)
+
+
+def test_target_info():
+    t = jit.target_info()
+    assert t.triple and t.cpu and "+" in t.features
+
+
+def test_compile_is_pure_and_load_separate():
+    obj = jit.compile_ir(ADD1)
+    assert isinstance(obj, bytes) and obj[:4] == b"\x7fELF"
+    assert jit.compile_ir(ADD1) == obj
+    a, b = jit.load(obj, {"add1": DPROTO}), jit.load(obj, ["add1"])
+    assert a["add1"](2.0) == 3.0
+    assert b.function("add1", ctypes.c_double, ctypes.c_double)(-1.0) == 0.0
+    assert jit.elf_symbols(obj)[0] == {"add1"}
+
+
+def test_missing_symbol_is_keyerror():
+    obj = jit.compile_ir(ADD1)
+    with pytest.raises(KeyError, match="nope"):
+        jit.load(obj, ["nope"])
+    with pytest.raises(KeyError, match="other"):
+        jit.load(obj, ["add1"]).address("other")
+
+
+def test_unresolved_external_is_keyerror_and_externals_resolve():
+    text = ("declare double @gg_test_ext(double)\n"
+            "define double @f(double %x) {\n  %y = call double @gg_test_ext(double %x)\n"
+            "  ret double %y\n}\n")
+    obj = jit.compile_ir(text)
+    with pytest.raises(KeyError, match="gg_test_ext"):
+        jit.load(obj, ["f"])
+    cb = DPROTO(lambda x: 10 * x)
+    addr = ctypes.cast(cb, ctypes.c_void_p).value
+    assert jit.load(obj, {"f": DPROTO}, externals={"gg_test_ext": addr})["f"](2.0) == 20.0
+    jit.add_symbol("gg_test_ext", addr)   # process-wide registration also works
+    assert jit.load(obj, {"f": DPROTO})["f"](3.0) == 30.0
+
+
+def test_cache_hit_skips_llvm(tmp_path, monkeypatch):
+    obj, hit = cache.compile_cached(ADD1, directory=tmp_path)
+    assert not hit
+    monkeypatch.setattr(jit, "compile_ir", lambda *a, **k: pytest.fail("LLVM was invoked"))
+    obj2, hit2 = cache.compile_cached(ADD1, directory=tmp_path)
+    assert hit2 and obj2 == obj
+    assert jit.load(obj2, {"add1": DPROTO})["add1"](1.5) == 2.5
+    assert not list(tmp_path.glob("*.tmp"))          # atomic write left no temp file
+
+
+def test_cache_key_covers_target_opt_options():
+    t = jit.target_info()
+    base = cache.cache_key(ADD1, 3, None, t)
+    other_cpu = jit.TargetInfo(t.triple, "x86-64", t.features)
+    other_feat = jit.TargetInfo(t.triple, t.cpu, t.features.replace("+avx512f", "-avx512f"))
+    keys = {base, cache.cache_key(ADD1, 3, None, other_cpu),
+            cache.cache_key(ADD1, 3, None, other_feat), cache.cache_key(ADD1, 2, None, t),
+            cache.cache_key(ADD1, 3, {"unroll": 1}, t), cache.cache_key(ADD1 + " ", 3, None, t)}
+    assert len(keys) == 6
+
+
+def test_cache_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path / "c"))
+    assert cache.cache_dir() == tmp_path / "c"
+    _, hit = cache.compile_cached(ADD1 + "; env\n")
+    assert not hit and len(list((tmp_path / "c").glob("*.o"))) == 1
+    assert cache.clear() == 1
+
+
+def test_vecmath_asm_is_zmm_fma():
+    mod = ir.Module("asm")
+    mod.triple = jit.target_info().triple
+    for op in ("exp", "tanh", "sigmoid", "log"):
+        vecmath.emit_unary_kernel(mod, op, op, "float32")
+    asm = jit.emit_asm(str(mod))
+    assert "zmm" in asm and "vfmadd" in asm
+    assert "expf" not in asm and "tanhf" not in asm   # no libm calls
+
+
+def test_loaded_code_runs_on_numpy():
+    mod = ir.Module("np")
+    mod.triple = jit.target_info().triple
+    vecmath.emit_unary_kernel(mod, "k", "exp", "float64")
+    lib = jit.load(jit.compile_ir(str(mod)), ["k"])
+    f = lib.function("k", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    x = np.linspace(-5, 5, 101)
+    y = np.empty_like(x)
+    f(y.ctypes.data, x.ctypes.data, x.size)
+    np.testing.assert_allclose(y, np.exp(x), rtol=1e-15)
+    assert os.path.exists(jit.__file__)
