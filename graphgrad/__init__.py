@@ -7,7 +7,7 @@ from .ops import (add, astype, broadcast_to, concat, div, equal, exp, getitem, l
 from .functional import (cross_entropy, embedding, log_softmax, mean, mse, softmax, split, stack)
 
 __version__ = "0.1.0"
-from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_model
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RNNCell
 from . import cells
 from .module import Module
