@@ -12,10 +12,28 @@ or T+1 slots of that shape (states keep slot 0 for the initial state, so step t 
 writes slot t+1). A `Ref` names a buffer, which slot relative to the loop index (or "all": the
 T slots seen as one (T*rows, cols) matrix), and a column window, so gate slices of a packed
 (B, 4H) buffer need no copies.
+
+Semantics shared by the numpy executor (compiler/sched_numpy.py, the oracle) and the native code
+(compiler/lower.py); tests/sched_fixtures.py holds worked RNN/LSTM/GRU programs:
+  * Slots. Loop stages see t = 0..T-1 (fwd ascending, bwd descending); Ref.t = k means slot t+k.
+    "first" is slot 0, "last" the final slot (T-1 or T). "all" is slots 0..T-1 as one matrix
+    (for a "T+1" state these are the states each step read: H_prev for dW_hh); "all+1" is slots
+    1..T of a "T+1" buffer (the states each step wrote: the output sequence). Integer offsets are
+    only legal inside the loops.
+  * Kernels run in list order and see every earlier write, including in-place updates: a Fused
+    kernel may read and write the same window (each element is read before it is written), a
+    Gemm's output must not overlap its operands.
+  * Fused iterates over the (rows, cols) of its first output (or, without outputs, its first
+    "full" input). Every full input and output window must have that shape; "row" inputs are
+    (cols,) windows, "scalar" inputs one element. Colsums sum a local over all rows; with
+    accumulate=False they overwrite their target.
+  * Batch. meta["batch"] is B. Buffers of kind "param" and "grad" (parameter gradients) do not
+    depend on B; every other 2-d buffer whose rows equal B is batch-major, so a program can be
+    rebuilt for a slice of the batch (`with_batch`), which the 2-thread runtime uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -90,3 +108,148 @@ class Program:
         for stage in ("pre", "fwd_loop", "bwd_loop", "post"):
             for k in getattr(self, stage):
                 yield stage, k
+
+
+# ---------------------------------------------------------------- helpers for executors
+SLOT_WORDS = ("first", "last", "all", "all+1")
+STAGES = ("pre", "fwd_loop", "bwd_loop", "post")
+
+
+def nslots(buf: Buffer, T: int) -> int:
+    return {None: 1, "T": T, "T+1": T + 1}[buf.steps]
+
+
+def mat_shape(buf: Buffer) -> tuple:
+    """Per-slot shape as a matrix: vectors are one row."""
+    return tuple(buf.shape) if len(buf.shape) == 2 else (1, buf.shape[0])
+
+
+def ref_window(prog: Program, ref: Ref):
+    """(rows, rows_scale_T, col, cols, ld): the window of `ref` as a matrix.
+
+    rows_scale_T: the row count is rows * T (a whole-sequence "all"/"all+1" view). ld is the
+    row stride in elements (the buffer's full column count).
+    """
+    buf = prog.buffers[ref.buf]
+    rows, ld = mat_shape(buf)
+    cols = ld - ref.col if ref.cols is None else ref.cols
+    if ref.col < 0 or cols <= 0 or ref.col + cols > ld:
+        raise ValueError(f"Ref {ref}: column window [{ref.col}, {ref.col + cols}) does not fit "
+                         f"buffer {buf.name} with {ld} columns")
+    return rows, ref.t in ("all", "all+1"), ref.col, cols, ld
+
+
+def slot_of(buf: Buffer, t_ref, t, T):
+    """Absolute slot index for a Ref's t given the loop index t (None outside loops)."""
+    if buf.steps is None:
+        if t_ref is not None:
+            raise ValueError(f"buffer {buf.name} is not time-indexed but a Ref gives t={t_ref!r}")
+        return 0
+    if t_ref is None:
+        raise ValueError(f"buffer {buf.name} is time-indexed ({buf.steps}); the Ref needs t")
+    if t_ref in ("first", "all"):
+        return 0
+    if t_ref == "all+1":
+        if buf.steps != "T+1":
+            raise ValueError(f"'all+1' needs a T+1 buffer, {buf.name} has {buf.steps}")
+        return 1
+    if t_ref == "last":
+        return nslots(buf, T) - 1
+    if t is None:
+        raise ValueError(f"Ref to {buf.name} with loop offset t={t_ref} outside a loop stage")
+    s = t + t_ref
+    if not 0 <= s < nslots(buf, T):
+        raise IndexError(f"Ref to {buf.name} slot {s} (t={t}, offset {t_ref}) is out of range")
+    return s
+
+
+def kernel_refs(k):
+    """(reads, writes) of a kernel as lists of Refs."""
+    if isinstance(k, Gemm):
+        return [k.a, k.b] + ([k.out] if k.accumulate else []), [k.out]
+    if isinstance(k, Fused):
+        reads = [r for r, _ in k.inputs] + [r for _, r, acc in k.colsums if acc]
+        return reads, [r for _, r in k.outputs] + [r for _, r, _ in k.colsums]
+    if isinstance(k, Copy):
+        return [k.src], [k.out]
+    if isinstance(k, Fill):
+        return [], [k.out]
+    raise TypeError(f"unknown kernel {type(k).__name__}")
+
+
+def fused_domain(prog: Program, k: Fused):
+    """(rows, rows_scale_T, cols) of a Fused kernel's iteration space."""
+    for r in [r for _, r in k.outputs] + [r for r, bc in k.inputs if bc == "full"]:
+        rows, per_t, _, cols, _ = ref_window(prog, r)
+        return rows, per_t, cols
+    raise ValueError(f"Fused {k.name}: no output or full input fixes the iteration space")
+
+
+def validate(prog: Program) -> Program:
+    """Raise ValueError naming the first malformed kernel; returns prog for chaining."""
+    for stage in STAGES:
+        for k in getattr(prog, stage):
+            reads, writes = kernel_refs(k)
+            for r in reads + writes:
+                if r.buf not in prog.buffers:
+                    raise ValueError(f"{stage}: {k} names unknown buffer {r.buf!r}")
+                buf = prog.buffers[r.buf]
+                if isinstance(r.t, int) and stage not in ("fwd_loop", "bwd_loop"):
+                    raise ValueError(f"{stage}: Ref {r} uses a loop offset outside the loops")
+                if (r.t is None) != (buf.steps is None):
+                    raise ValueError(f"{stage}: Ref {r} and buffer steps={buf.steps} disagree")
+                if isinstance(r.t, str) and r.t not in SLOT_WORDS:
+                    raise ValueError(f"{stage}: Ref {r} has unknown slot {r.t!r}")
+                ref_window(prog, r)
+            if isinstance(k, Gemm):
+                _check_gemm(prog, k)
+            elif isinstance(k, Fused):
+                _check_fused(prog, k)
+            elif isinstance(k, Copy) and _dims(prog, k.out) != _dims(prog, k.src):
+                raise ValueError(f"{stage}: Copy {k.src} -> {k.out} shapes differ")
+    return prog
+
+
+def _dims(prog, ref):
+    rows, per_t, _, cols, _ = ref_window(prog, ref)
+    return rows, per_t, cols
+
+
+def _check_gemm(prog, k):
+    def mat(ref, trans):   # ((n, scaled by T), (n, scaled)) of op(X)
+        rows, per_t, cols = _dims(prog, ref)
+        r, c = (rows, per_t), (cols, False)
+        return (c, r) if trans else (r, c)
+    (m, ka), (kb, n) = mat(k.a, k.trans_a), mat(k.b, k.trans_b)
+    if ka != kb:
+        raise ValueError(f"Gemm {k}: inner dimensions {ka} and {kb} differ")
+    if n[1] or _dims(prog, k.out) != (m[0], m[1], n[0]):
+        raise ValueError(f"Gemm {k}: output window {_dims(prog, k.out)} is not {m} x {n}")
+
+
+def _check_fused(prog, k):
+    dom = fused_domain(prog, k)
+    for r, bc in k.inputs:
+        rows, per_t, cols = _dims(prog, r)
+        want = {"full": dom, "row": (1, False, dom[2]), "scalar": (1, False, 1)}.get(bc)
+        if want is None:
+            raise ValueError(f"Fused {k.name}: unknown broadcast {bc!r}")
+        if (rows, per_t, cols) != want:
+            raise ValueError(f"Fused {k.name}: input {r} ({bc}) has shape {(rows, per_t, cols)}, "
+                             f"expected {want}")
+    for _, r in k.outputs:
+        if _dims(prog, r) != dom:
+            raise ValueError(f"Fused {k.name}: output {r} does not match the domain {dom}")
+    for _, r, _ in k.colsums:
+        if _dims(prog, r)[1:] != (False, dom[2]) or _dims(prog, r)[0] != 1:
+            raise ValueError(f"Fused {k.name}: colsum target {r} is not a ({dom[2]},) vector")
+
+
+def with_batch(prog: Program, batch: int) -> Program:
+    """The same program for a batch of `batch` rows (see the batch rule in the module doc)."""
+    old = prog.meta["batch"]
+    bufs = {n: (replace(b, shape=(batch,) + tuple(b.shape[1:]))
+                if b.kind not in ("param", "grad") and len(b.shape) == 2 and b.shape[0] == old
+                else b) for n, b in prog.buffers.items()}
+    return Program(bufs, list(prog.pre), list(prog.fwd_loop), list(prog.bwd_loop),
+                   list(prog.post), dict(prog.meta, batch=batch))
