@@ -360,7 +360,11 @@ def prefer_blas(dtype: str, M: int, N: int, K: int, trans_a=False, trans_b=False
     """
     if trans_a:
         return M * N * K > (1 << 20)
-    return M > 16
+    if not trans_b:   # NN: the unpacked B stream loses once B leaves L2
+        return not (M <= 16 and K * N <= (1 << 20))
+    if M == 1:        # GEMV-like; OpenBLAS is 2-5x slower here for H >= 512
+        return False
+    return M > 16 or (dtype == "float64" and K * N > (1 << 20))
 
 
 def _bench(dtype="float32", quick=False):
