@@ -12,8 +12,9 @@ Two micro-kernel shapes, chosen by where B is contiguous:
 * B transposed (NT: h @ W^T): both A rows and W rows are contiguous along K, so
   the kernel keeps MR x NR dot products as K-direction vectors and reduces each
   once at the end. The K tail is one masked step.
-No packing: the RNN products are small enough that copy costs dominate otherwise
-(measured numbers in docs/runtime.md).
+No packing or cache blocking yet: that keeps the per-step products (few rows) free
+of copy overhead, but big products are slower than OpenBLAS, so prefer_blas()
+routes them there (measurements in docs/runtime.md).
 """
 from __future__ import annotations
 
