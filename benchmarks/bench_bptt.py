@@ -1,0 +1,150 @@
+"""Time one BPTT training step of the compiled program against its peers, in one run.
+
+    python benchmarks/bench_bptt.py                 # full table -> BENCHMARKS.md
+    python benchmarks/bench_bptt.py --quick         # smallest configuration only, no file written
+
+Each thread count runs in its own worker process, because BLAS, PyTorch and XLA fix their thread
+pools when they start. Reported: median ms per step, matmul GFLOP/s, and the fraction of this
+machine's measured float32 FMA peak (single-core peak x threads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [HERE, ROOT]
+
+CONFIGS = [(1, 32, 64, 100), (32, 64, 128, 100), (32, 256, 256, 100), (64, 512, 512, 50),
+           (16, 128, 1024, 50)]
+CELLS = ["rnn", "lstm", "gru"]
+PEER_ORDER = ["compiled", "torch", "torch-loop", "jax", "tape"]
+
+
+def worker(threads, cells, configs, peers, repeats):
+    import numpy as np
+    from runtime.timing import median_ms
+    import peers as P
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    for cell in cells:
+        for cfg in configs:
+            B, I, H, T = cfg
+            model, xs, d_out = P.problem(cell, B, I, H, T)
+            for name in peers:
+                try:
+                    fn = P.PEERS[name](model, xs, d_out, **({"threads": threads}
+                                                          if name == "compiled" else {}))
+                except ImportError as e:
+                    print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "skip": str(e)}),
+                          flush=True)
+                    continue
+                reps = max(3, repeats // 4) if name in ("tape", "torch-loop") else repeats
+                ms = median_ms(fn, repeats=reps, warmup=2)
+                print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "ms": ms}), flush=True)
+    del np
+
+
+def run_workers(args):
+    rows = []
+    for threads in args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads),
+                   XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                             f"intra_op_parallelism_threads={threads}")
+        cmd = [sys.executable, __file__, "--worker", "--threads", str(threads),
+               "--cells", *args.cells, "--peers", *args.peers, "--repeats", str(args.repeats),
+               "--configs", *[",".join(map(str, c)) for c in args.configs]]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            r = json.loads(line)
+            r["threads"] = threads
+            rows.append(r)
+            what = f"{r['ms']:.3f} ms" if "ms" in r else f"skipped ({r['skip']})"
+            print(f"  {threads}T {r['cell']:<5}{str(tuple(r['cfg'])):<22}{r['peer']:<12}{what}",
+                  file=sys.stderr, flush=True)
+        if proc.wait():
+            raise SystemExit(f"worker for {threads} thread(s) failed")
+    return rows
+
+
+def table(rows, peak1):
+    from peers import flops
+    out = []
+    keys = sorted({(r["threads"], r["cell"], tuple(r["cfg"])) for r in rows},
+                  key=lambda k: (k[0], CELLS.index(k[1]), k[2]))
+    peers = [p for p in PEER_ORDER if any(r["peer"] == p and "ms" in r for r in rows)]
+    head = ["threads", "cell", "(B, I, H, T)"] + [f"{p} ms" for p in peers] + \
+        ["compiled GFLOP/s", "% of FMA peak", "fastest peer / compiled"]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    for th, cell, cfg in keys:
+        ms = {r["peer"]: r["ms"] for r in rows if (r["threads"], r["cell"], tuple(r["cfg"]))
+              == (th, cell, cfg) and "ms" in r}
+        cells = [str(th), cell, str(cfg)] + [f"{ms[p]:.3f}" if p in ms else "–" for p in peers]
+        if "compiled" in ms:
+            gf = flops(cell, *cfg) / ms["compiled"] / 1e6
+            others = [v for p, v in ms.items() if p not in ("compiled", "tape")]
+            ratio = f"{min(others) / ms['compiled']:.2f}x" if others else "–"
+            cells += [f"{gf:.1f}", f"{100 * gf / (peak1 * th):.0f}%", ratio]
+        else:
+            cells += ["–", "–", "–"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
+    ap.add_argument("--peers", nargs="+", default=PEER_ORDER, choices=PEER_ORDER)
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="B,I,H,T tuples, e.g. 32,64,128,100")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="smallest config, 1 thread, no file")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] \
+        if args.configs else CONFIGS
+    if args.worker:
+        return worker(args.threads[0], args.cells, args.configs, args.peers, args.repeats)
+    if args.quick:
+        args.configs, args.threads, args.repeats = CONFIGS[:1], [1], 10
+    from fma_peak import fma_peak_gflops
+    peak1 = fma_peak_gflops()
+    print(f"float32 FMA peak, one core: {peak1:.1f} GFLOP/s", file=sys.stderr)
+    rows = run_workers(args)
+    text = table(rows, peak1)
+    print(text)
+    if not args.quick:
+        cmd = "python benchmarks/" + os.path.basename(__file__) + \
+            ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+        write_report(args.out, text, peak1, cmd)
+    return 0
+
+
+def write_report(path, text, peak1, cmd):
+    import llvmlite.binding as llvm
+    import numpy as np
+    intro = (f"# Benchmarks\n\nOne BPTT training step: forward over T steps and backward with every "
+             f"gradient (weights, inputs, initial state), float32, median of repeated runs.\n\n"
+             f"Command: `{cmd}`\n\nMachine: {platform.machine()}, LLVM host CPU "
+             f"`{llvm.get_host_cpu_name()}`, {os.cpu_count()} cores, numpy {np.__version__}. "
+             f"Measured float32 FMA peak: **{peak1:.1f} GFLOP/s per core** "
+             f"(`python benchmarks/fma_peak.py`).\n\n")
+    with open(path + ".tmp", "w") as f:
+        f.write(intro + text + "\n")
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""One BPTT training step (forward over T steps + backward, every gradient) for each peer.
+
+Each `make_*` returns a zero-argument callable that runs one step, or raises ImportError when the
+peer is not installed. All peers see the same weights, inputs and output cotangent, and the same
+workload: out = model(xs, h0); grads of sum(out * d_out) w.r.t. weights, xs and h0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def problem(cell, B, I, H, T, seed=0, dtype=np.float32):
+    import graphgrad as gg
+    model = gg.make_rnn(cell, I, H, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((T, B, I)).astype(dtype)
+    d_out = rng.standard_normal((T, B, H)).astype(dtype)
+    return model, xs, d_out
+
+
+def flops(cell, B, I, H, T):
+    """Matmul FLOPs of forward + backward (forward 1x, backward 2x: input and weight grads)."""
+    G = GATES[cell]
+    return 3 * 2 * T * B * (I + H) * G * H
+
+
+def make_compiled(model, xs, d_out, threads=1):
+    import compiler
+    T, B, _ = xs.shape
+    prog = compiler.compile(model, seq_len=T, batch=B, threads=threads)
+    state0 = model.init_state(B)
+    zero_T = (tuple(np.zeros_like(s) for s in state0) if isinstance(state0, tuple)
+              else np.zeros_like(state0))
+    return lambda: prog.vjp(xs, state0, d_out, zero_T)
+
+
+def make_tape(model, xs, d_out):
+    import graphgrad as gg
+
+    def step():
+        model.zero_grad()
+        x = gg.Tensor(xs, requires_grad=True)
+        out, _ = model(x)
+        out.backward(d_out)
+    return step
+
+
+def _torch_model(model):
+    import torch
+    cls = {"rnn_tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.mode]
+    tm = cls(model.input_size, model.hidden_size)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return tm
+
+
+def make_torch(model, xs, d_out):
+    import torch
+    tm = _torch_model(model)
+    x = torch.from_numpy(xs).requires_grad_()
+    g = torch.from_numpy(d_out)
+
+    def step():
+        tm.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = tm(x)
+        out.backward(g)
+    return step
+
+
+def make_torch_loop(model, xs, d_out):
+    """The same LSTM written as a custom cell in a Python loop: what users of custom cells pay."""
+    import torch
+    if model.mode != "lstm":
+        raise ImportError("the Python-loop peer is the custom LSTM cell only")
+    p = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in model.state_dict().items()}
+    x = torch.from_numpy(xs).requires_grad_()
+    g = torch.from_numpy(d_out)
+    T, B, _ = xs.shape
+    H = model.hidden_size
+
+    def step():
+        for t in p.values():
+            t.grad = None
+        h = torch.zeros(B, H)
+        c = torch.zeros(B, H)
+        outs = []
+        for t in range(T):
+            gates = x[t] @ p["weight_ih_l0"].T + p["bias_ih_l0"] + h @ p["weight_hh_l0"].T \
+                + p["bias_hh_l0"]
+            i, f, gg_, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg_)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        torch.stack(outs).backward(g)
+    return step
+
+
+def make_jax(model, xs, d_out):
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", model.dtype == np.float64)
+    p = {k[:-3]: jnp.asarray(v) for k, v in model.state_dict().items()}
+    mode, H = model.mode, model.hidden_size
+
+    def cell(p, carry, x):
+        if mode == "lstm":
+            h, c = carry
+            i, f, g, o = jnp.split(x @ p["weight_ih"].T + p["bias_ih"] + h @ p["weight_hh"].T
+                                   + p["bias_hh"], 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+        if mode == "gru":
+            h = carry
+            xr, xz, xn = jnp.split(x @ p["weight_ih"].T + p["bias_ih"], 3, axis=-1)
+            hr, hz, hn = jnp.split(h @ p["weight_hh"].T + p["bias_hh"], 3, axis=-1)
+            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+            h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
+            return h, h
+        h = jnp.tanh(x @ p["weight_ih"].T + p["bias_ih"] + carry @ p["weight_hh"].T + p["bias_hh"])
+        return h, h
+
+    def loss(p, xs, d_out):
+        B = xs.shape[1]
+        h0 = jnp.zeros((B, H), xs.dtype)
+        carry = (h0, h0) if mode == "lstm" else h0
+        _, out = jax.lax.scan(lambda c, x: cell(p, c, x), carry, xs)
+        return jnp.sum(out * d_out)
+
+    g = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    xj, dj = jnp.asarray(xs), jnp.asarray(d_out)
+    return lambda: jax.block_until_ready(g(p, xj, dj))
+
+
+PEERS = {"compiled": make_compiled, "tape": make_tape, "torch": make_torch,
+         "torch-loop": make_torch_loop, "jax": make_jax}
