@@ -245,11 +245,16 @@ def _check_fused(prog, k):
             raise ValueError(f"Fused {k.name}: colsum target {r} is not a ({dom[2]},) vector")
 
 
+def is_batched(prog: Program, name: str) -> bool:
+    """Whether a buffer's rows are the batch (the rule in the module docstring)."""
+    b = prog.buffers[name]
+    return (b.kind not in ("param", "grad") and len(b.shape) == 2 and
+            b.shape[0] == prog.meta["batch"])
+
+
 def with_batch(prog: Program, batch: int) -> Program:
     """The same program for a batch of `batch` rows (see the batch rule in the module doc)."""
-    old = prog.meta["batch"]
-    bufs = {n: (replace(b, shape=(batch,) + tuple(b.shape[1:]))
-                if b.kind not in ("param", "grad") and len(b.shape) == 2 and b.shape[0] == old
-                else b) for n, b in prog.buffers.items()}
+    bufs = {n: replace(b, shape=(batch,) + tuple(b.shape[1:])) if is_batched(prog, n) else b
+            for n, b in prog.buffers.items()}
     return Program(bufs, list(prog.pre), list(prog.fwd_loop), list(prog.bwd_loop),
                    list(prog.post), dict(prog.meta, batch=batch))

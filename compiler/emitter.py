@@ -1,0 +1,89 @@
+"""The LLVM side of the elementwise lowering protocol.
+
+Each elementwise primitive in graphgrad/ops.py lowers itself by calling methods of an emitter
+(`e.add(x, y)`, `e.tanh(x)`, ...). `LLVMEmitter` implements them on llvmlite vector (or scalar)
+values, with the transcendental functions inlined from compiler.llvmlib.vecmath, so the code
+generator never restates an op's math: it only looks the op's `lower` rule up and calls it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from compiler.llvmlib import vecmath
+from graphgrad.core import PRIMITIVES
+
+# contract lets LLVM fuse a*b+c into one FMA; no reassociation, so results stay within an
+# ulp-level distance of numpy's and the 1e-10 float64 checks hold.
+_FLAGS = ("contract",)
+
+
+def llvm_float(dtype) -> ir.Type:
+    dt = np.dtype(dtype)
+    if dt == np.float64:
+        return ir.DoubleType()
+    if dt == np.float32:
+        return ir.FloatType()
+    raise TypeError(f"native code supports float32/float64 buffers, got {dt}")
+
+
+class LLVMEmitter:
+    """Emitter over values of `width` lanes (width=None: scalars) inserted at `builder`."""
+
+    def __init__(self, builder: ir.IRBuilder, width: int | None):
+        self.b = builder
+        self.width = width
+
+    def type_of(self, dtype) -> ir.Type:
+        el = llvm_float(dtype)
+        return ir.VectorType(el, self.width) if self.width else el
+
+    def const(self, value, like) -> ir.Constant:
+        """A splat of `value` with the type of the value `like` (or of a dtype)."""
+        ty = like.type if isinstance(like, ir.Value) else self.type_of(like)
+        return ir.Constant(ty, float(value))
+
+    def _ones_where(self, cond, like):
+        return self.b.select(cond, self.const(1.0, like), self.const(0.0, like))
+
+    # -- the protocol used by OpDef.lower rules
+    def add(self, x, y): return self.b.fadd(x, y, flags=_FLAGS)
+    def sub(self, x, y): return self.b.fsub(x, y, flags=_FLAGS)
+    def mul(self, x, y): return self.b.fmul(x, y, flags=_FLAGS)
+    def div(self, x, y): return self.b.fdiv(x, y)
+    def neg(self, x): return self.b.fneg(x)
+    def exp(self, x): return vecmath.exp(self.b, x)
+    def log(self, x): return vecmath.log(self.b, x)
+    def tanh(self, x): return vecmath.tanh(self.b, x)
+    def sigmoid(self, x): return vecmath.sigmoid(self.b, x)
+    def relu(self, x): return vecmath.relu(self.b, x)
+
+    def positive(self, x):
+        return self._ones_where(self.b.fcmp_ordered(">", x, self.const(0.0, x)), x)
+
+    def equal(self, x, y):
+        return self._ones_where(self.b.fcmp_ordered("==", x, y), x)
+
+    def pow(self, x, y):
+        """x**y as exp(y*log(x)): defined for x > 0 (and x = 0, y > 0); negative bases give NaN
+        even for integer exponents, unlike numpy. Squares should be written as mul."""
+        return self.exp(self.mul(y, self.log(x)))
+
+    def cast(self, x, dtype):
+        ty = self.type_of(dtype)
+        if ty == x.type:
+            return x
+        src64 = (x.type.element if self.width else x.type) == ir.DoubleType()
+        return self.b.fptrunc(x, ty) if src64 else self.b.fpext(x, ty)
+
+
+def lower_op(e: LLVMEmitter, op: str, args, attrs) -> ir.Value:
+    """Emit one body row through the primitive's own lowering rule."""
+    opdef = PRIMITIVES.get(op)
+    if opdef is None or opdef.lower is None:
+        raise NotImplementedError(f"primitive {op!r} has no elementwise lowering rule; it cannot "
+                                  f"appear in a Fused body")
+    attrs = dict(attrs)
+    if "dtype" in attrs:
+        attrs["dtype"] = np.dtype(attrs["dtype"])
+    return opdef.lower(e, *args, **attrs)

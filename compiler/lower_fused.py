@@ -1,0 +1,160 @@
+"""Fused elementwise kernels as vectorized loop nests (used by compiler/lower.py).
+
+One internal function per kernel: `void f(ptr ref_0, ..., ptr ref_n, i64 nrows)` where the
+pointers already point at each Ref's window (slot and first column applied by the caller) and
+nrows is the iteration space's row count (a runtime value because "all" views span T slots).
+Column counts and row strides are compile-time constants, so the column loop is a counted loop of
+full vectors (16 x f32 or 8 x f64) plus one tail with a constant lane mask. Copy and Fill reuse
+this path as one-row-body kernels.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from compiler.emitter import LLVMEmitter, llvm_float, lower_op
+from compiler.schedule import Copy, Fill, Fused, fused_domain, ref_window
+
+I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
+
+
+def as_fused(k) -> Fused:
+    if isinstance(k, Copy):
+        return Fused("copy", ((k.src, "full"),), (), (("in0", k.out),))
+    if isinstance(k, Fill):
+        return Fused("fill", (), (), ((float(k.value), k.out),))
+    return k
+
+
+def kernel_refs(k: Fused) -> list:
+    """The Refs in the order they are passed to the emitted function."""
+    return ([r for r, _ in k.inputs] + [r for _, r in k.outputs] +
+            [r for _, r, _ in k.colsums])
+
+
+def counted_loop(b: ir.IRBuilder, start, stop, step, body):
+    """for (i = start; i < stop; i += step) body(i); leaves b after the loop."""
+    fn, pre = b.function, b.block
+    head, blk, done = (fn.append_basic_block(n) for n in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), blk, done)
+    b.position_at_end(blk)
+    body(i)
+    i.add_incoming(b.add(i, ir.Constant(I64, step)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+class _Vec:
+    """Masked/unmasked vector loads and stores of one element type."""
+
+    def __init__(self, module, fty, width):
+        self.mod, self.fty, self.w = module, fty, width
+        self.vty = ir.VectorType(fty, width)
+        self.size = 8 if fty == ir.DoubleType() else 4
+        self.tag = f"v{width}f{self.size * 8}"
+
+    def _decl(self, name, ret, args):
+        return self.mod.globals.get(name) or ir.Function(self.mod, ir.FunctionType(ret, args),
+                                                         name=name)
+
+    def ptr(self, b, base, off):
+        return b.gep(base, [off], inbounds=True, source_etype=self.fty)
+
+    def load(self, b, p, mask):
+        if mask is None:
+            return b.load(p, typ=self.vty, align=self.size)
+        f = self._decl(f"llvm.masked.load.{self.tag}.p0", self.vty,
+                       [PTR, I32, mask.type, self.vty])
+        return b.call(f, [p, ir.Constant(I32, self.size), mask, ir.Constant(self.vty, 0.0)])
+
+    def store(self, b, v, p, mask):
+        if mask is None:
+            return b.store(v, p, align=self.size)
+        f = self._decl(f"llvm.masked.store.{self.tag}.p0", ir.VoidType(),
+                       [self.vty, PTR, I32, mask.type])
+        return b.call(f, [v, p, ir.Constant(I32, self.size), mask])
+
+    def splat(self, b, s):
+        v = b.insert_element(ir.Constant(self.vty, None), s, ir.Constant(I32, 0))
+        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
+
+
+def emit_fused(module: ir.Module, prog, k, name: str) -> ir.Function:
+    k = as_fused(k)
+    refs = kernel_refs(k)
+    rows, _, cols = fused_domain(prog, k)
+    dts = {prog.buffers[r.buf].dtype for r in refs}
+    width = 8 if "float64" in dts else 16
+    vec = {dt: _Vec(module, llvm_float(dt), width) for dt in dts}
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(refs) + [I64]), name=name)
+    fn.linkage = "internal"
+    for a, r in zip(fn.args, refs):
+        # noalias only where no other argument touches the same buffer (in-place kernels pass
+        # one window as both input and output).
+        if sum(q.buf == r.buf for q in refs) == 1:
+            a.add_attribute("noalias")
+    nrows = fn.args[-1]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    info = [(r, vec[prog.buffers[r.buf].dtype], ref_window(prog, r)[4]) for r in refs]
+    nin, nout = len(k.inputs), len(k.outputs)
+    nfull, tail = divmod(cols, width)
+    tail_mask = (ir.Constant(ir.VectorType(I1, width), [1] * tail + [0] * (width - tail))
+                 if tail else None)
+
+    def columns(body):
+        if nfull == 1:
+            body(ir.Constant(I64, 0), None)
+        elif nfull > 1:
+            counted_loop(b, ir.Constant(I64, 0), ir.Constant(I64, nfull * width), width,
+                         lambda j: body(j, None))
+        if tail:
+            body(ir.Constant(I64, nfull * width), tail_mask)
+
+    cs_args = fn.args[nin + nout:len(refs)]
+    for (_, r, acc), a in zip(k.colsums, cs_args):
+        if not acc:
+            v = vec[prog.buffers[r.buf].dtype]
+            columns(lambda j, m, a=a, v=v: v.store(b, ir.Constant(v.vty, 0.0), v.ptr(b, a, j), m))
+
+    def row(r):
+        bases = []
+        for i, ((ref, v, ld), a) in enumerate(zip(info, fn.args)):
+            full = i >= nin and i < nin + nout or i < nin and k.inputs[i][1] == "full"
+            bases.append(v.ptr(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
+        columns(lambda j, m: _body(b, k, info, bases, width, j, m))
+
+    counted_loop(b, ir.Constant(I64, 0), nrows, 1, row)
+    b.ret_void()
+    return fn
+
+
+def _body(b, k, info, bases, width, j, mask):
+    e = LLVMEmitter(b, width)
+    env = {}
+    for i, (ref, bc) in enumerate(k.inputs):
+        v = info[i][1]
+        if bc == "scalar":
+            env[f"in{i}"] = v.splat(b, b.load(bases[i], typ=v.fty))
+        else:
+            env[f"in{i}"] = v.load(b, v.ptr(b, bases[i], j), mask)
+    default_dt = next(iter(info))[1].fty
+    for dst, op, args, attrs in k.body:
+        like = next((env[a] for a in args if isinstance(a, str)), None)
+        vals = [env[a] if isinstance(a, str) else
+                (e.const(a, like) if like is not None else
+                 ir.Constant(ir.VectorType(default_dt, width), float(a))) for a in args]
+        env[dst] = lower_op(e, op, vals, attrs)
+    n_in, n_out = len(k.inputs), len(k.outputs)
+    for o, (name, ref) in enumerate(k.outputs):
+        v = info[n_in + o][1]
+        val = ir.Constant(v.vty, name) if isinstance(name, float) else env[name]
+        if val.type != v.vty:
+            raise TypeError(f"Fused {k.name}: local {name} is {val.type}, output {ref} is {v.vty}")
+        v.store(b, val, v.ptr(b, bases[n_in + o], j), mask)
+    for c, (name, ref, _) in enumerate(k.colsums):
+        v = info[n_in + n_out + c][1]
+        p = v.ptr(b, bases[n_in + n_out + c], j)
+        v.store(b, b.fadd(v.load(b, p, mask), env[name]), p, mask)

@@ -1,0 +1,116 @@
+"""Run a scheduled Program natively: compile (through the on-disk cache), bind numpy buffers,
+call the module's `run(T, ptrs...)` through ctypes.
+
+ctypes releases the GIL for the whole call, which covers the entire forward and BPTT loop, so
+`threads=2` can split the batch into two halves, run them in two threads on two program instances
+(compiled for B/2 rows) and sum the parameter gradients. Whether that pays off depends on the
+sizes; see the measurements in the report / docs.
+"""
+from __future__ import annotations
+
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from compiler import lower as lowering
+from compiler.sched_numpy import allocate, user_view
+from compiler.schedule import Program, is_batched, with_batch
+from runtime import cache, jit
+
+
+class _Instance:
+    """One compiled module plus its buffers (re-allocated when T changes)."""
+
+    def __init__(self, prog: Program, unroll, T, opt):
+        self.prog = prog
+        self.lowered = lowering.lower(prog, unroll=unroll, T=T)
+        obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
+                                                   {"entry": self.lowered.entry})
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
+                                 *[ctypes.c_void_p] * len(self.lowered.arg_names))
+        self.loaded = jit.load(obj, {self.lowered.entry: proto})
+        self.fn = self.loaded[self.lowered.entry]
+        self.T, self.store, self.ptrs = None, None, None
+
+    def run(self, T, inputs, zero):
+        if self.lowered.unroll_T is not None and T != self.lowered.unroll_T:
+            raise ValueError(f"this program was unrolled for T={self.lowered.unroll_T}, got T={T}")
+        if T != self.T:
+            self.store, self.T = allocate(self.prog, T), T
+            self.ptrs = [self.store[n].ctypes.data for n in self.lowered.arg_names]
+        elif zero:
+            for n, a in self.store.items():
+                if n not in inputs:
+                    a.fill(0)
+        for name, value in inputs.items():
+            if name not in self.store:
+                raise KeyError(f"no buffer named {name!r}")
+            dst = user_view(self.prog, self.store, name)
+            if np.shape(value) != dst.shape:
+                raise ValueError(f"{name} has shape {np.shape(value)}, buffer is {dst.shape}")
+            dst[...] = value
+        self.fn(T, *self.ptrs)
+        return {n: user_view(self.prog, self.store, n) for n in self.store}
+
+
+class NativeProgram:
+    """A Program compiled for the host CPU.
+
+    NativeProgram(prog, unroll=False, T=None, opt=3, threads=1)
+      unroll=True emits straight-line code for the given T (comparison only).
+      threads=2 splits the batch over two threads (needs meta["batch"] >= 2).
+    run(T, inputs, zero=True) -> {buffer name: array in user shape}
+      inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not
+      given start at zero when zero=True (the numpy executor's semantics); zero=False skips that
+      for programs that initialise everything they read (the graph side's contract). The
+      returned arrays are the live buffers (single-thread mode): copy before the next call.
+    """
+
+    def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1):
+        self.prog, self.threads = prog, threads
+        B = prog.meta.get("batch")
+        if threads not in (1, 2):
+            raise ValueError(f"threads must be 1 or 2, got {threads}")
+        if threads == 2 and (B is None or B < 2):
+            raise ValueError("threads=2 needs meta['batch'] >= 2 to split")
+        if threads == 1:
+            self.parts = [_Instance(prog, unroll, T, opt)]
+        else:
+            b1 = B // 2
+            first = _Instance(with_batch(prog, b1), unroll, T, opt)
+            second = first if B - b1 == b1 else _Instance(with_batch(prog, B - b1), unroll, T,
+                                                           opt)
+            # Two halves need their own buffers even when the code is shared.
+            self.parts = [first, _Instance.__new__(_Instance) if second is first else second]
+            if second is first:
+                self.parts[1].__dict__.update(first.__dict__, T=None, store=None, ptrs=None)
+            self.split = b1
+            self._pool = ThreadPoolExecutor(2)
+        self.lowered = self.parts[0].lowered
+        self.cache_hit = all(p.cache_hit for p in self.parts)
+
+    def run(self, T: int, inputs: dict, zero: bool = True) -> dict:
+        if T < 1:
+            raise ValueError(f"T must be >= 1, got {T}")
+        if self.threads == 1:
+            return self.parts[0].run(T, inputs, zero)
+        halves = [{}, {}]
+        cut = self.split
+        for name, v in inputs.items():
+            if name in self.prog.buffers and is_batched(self.prog, name):
+                v = np.asarray(v)
+                halves[0][name], halves[1][name] = v[..., :cut, :], v[..., cut:, :]
+            else:
+                halves[0][name] = halves[1][name] = v
+        futs = [self._pool.submit(p.run, T, h, zero) for p, h in zip(self.parts, halves)]
+        r0, r1 = (f.result() for f in futs)
+        out = {}
+        for name, buf in self.prog.buffers.items():
+            if is_batched(self.prog, name):
+                out[name] = np.concatenate([r0[name], r1[name]], axis=-2)
+            elif buf.kind == "grad":
+                out[name] = r0[name] + r1[name]
+            else:
+                out[name] = r0[name].copy()
+        return out
