@@ -1,0 +1,57 @@
+"""Flows whose adjoints come from a compiled program (DESIGN.md: `prog.forward`, `prog.vjp`).
+
+The compiled program supplies the model-level quantities: its forward output, and from `vjp` the
+parameter gradients, d_xs and d_state0. Those are the reference the decomposition must add up
+to. Per-step state adjoints inside the native BPTT loop are PENDING: the compiler does not yet emit
+them. When a program grows `prog.step_adjoints(xs, state0, d_out, d_state_T) -> {layer name:
+(T, B, S) array}` (dL/ds_t on the state tensors, processing order, "l0", "l0_reverse", ...),
+`from_compiled` stores them as `flow.reference["state_grads"]` and `check` compares them with the
+per-step adjoints flow rebuilds; until then the per-step views are rebuilt from the step VJPs and
+only the totals are cross-checked against the program.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .trace import from_adjoints
+
+
+def from_compiled(prog, model, xs, state0, d_out, d_final=None):
+    """A flow for `model` with the loss cotangents (d_out, d_final) checked against `prog`."""
+    out, _ = prog.forward(xs, state0)
+    param_grads, d_xs, d_state0 = prog.vjp(xs, state0, d_out, d_final)
+    flow = from_adjoints(model, xs, state0, d_out, d_final)
+    flow.source = "compiled"
+    flow.reference = {"grads": {k: np.asarray(v, np.float64) for k, v in param_grads.items()},
+                      "d_xs": np.asarray(d_xs, np.float64), "out": np.asarray(out)}
+    emit = getattr(prog, "step_adjoints", None)
+    if emit is None:
+        flow.reference["step_adjoints"] = "pending: the compiler does not emit per-step adjoints"
+    else:
+        flow.reference["state_grads"] = {k: np.asarray(v, np.float64) for k, v in
+                                         emit(xs, state0, d_out, d_final).items()}
+    return flow
+
+
+def check(flow):
+    """Largest relative difference between what flow rebuilt and what its source reported.
+
+    Keys: "grads" (sum over lags vs the source's parameter gradients), "state_grads" (per-step
+    state adjoints), "d_xs" (input cotangents of the bottom layer) where the source gave them.
+    """
+    ref, res = flow.reference, {}
+
+    def rel(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+    if "grads" in ref:
+        mine = flow.grads()
+        res["grads"] = max(rel(mine.get(k, np.zeros_like(v)), v) for k, v in ref["grads"].items())
+    if isinstance(ref.get("state_grads"), dict):
+        res["state_grads"] = max(rel(flow.layer(k).adj_total, v)
+                                 for k, v in ref["state_grads"].items())
+    if "d_xs" in ref:
+        bottom = [L for L in flow.layers if L.layer == 0]
+        dx = sum(sum(L.x_lags.values()) for L in bottom)
+        res["d_xs"] = rel(dx, ref["d_xs"])
+    return res
