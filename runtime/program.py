@@ -19,6 +19,14 @@ from compiler.schedule import Program, is_batched, with_batch
 from runtime import cache, jit
 
 
+def _libc_externals():
+    # LLVM turns zeroing/copy loops into memset/memcpy calls; the JIT's process lookup does not
+    # always see libc, so hand the addresses over explicitly.
+    libc = ctypes.CDLL(None)
+    return {n: ctypes.cast(getattr(libc, n), ctypes.c_void_p).value
+            for n in ("memset", "memcpy", "memmove")}
+
+
 class _Instance:
     """One compiled module plus its buffers (re-allocated when T changes)."""
 
@@ -29,7 +37,7 @@ class _Instance:
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
                                  *[ctypes.c_void_p] * len(self.lowered.arg_names))
-        self.loaded = jit.load(obj, {self.lowered.entry: proto})
+        self.loaded = jit.load(obj, {self.lowered.entry: proto}, _libc_externals())
         self.fn = self.loaded[self.lowered.entry]
         self.T, self.store, self.ptrs = None, None, None
 

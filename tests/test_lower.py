@@ -1,0 +1,123 @@
+"""Native code from compiler.lower against the numpy executor of the same Program."""
+import numpy as np
+import pytest
+
+from compiler import sched_numpy
+from compiler.lower import lower
+from compiler.schedule import Buffer, Fused, Program, Ref
+from runtime import jit
+from runtime.program import NativeProgram
+from tests.sched_fixtures import PROGRAMS, lstm_program, make_case, results
+
+I, H = 5, 37          # 4H = 148: full 16/8-lane vectors plus a masked tail
+CELLS = sorted(PROGRAMS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("ggcache")))
+    yield
+    mp.undo()
+
+
+def oracle(prog, T, inputs):
+    store = sched_numpy.execute(prog, T, inputs)
+    return results(prog, lambda n: sched_numpy.user_view(prog, store, n))
+
+
+def assert_close(got, want, rtol):
+    for k in want:
+        scale = max(np.abs(want[k]).max(), 1e-30)
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B", [1, 3, 64])
+def test_native_matches_numpy_float64(cell, B):
+    prog = PROGRAMS[cell](B, I, H, "float64")
+    native = NativeProgram(prog)        # one module for every T
+    for T in (1, 7, 100):
+        _, inputs = make_case(cell, T, B, I, H, "float64", seed=T)
+        assert_close(results(prog, native.run(T, inputs).get), oracle(prog, T, inputs), 1e-10)
+
+
+@pytest.mark.parametrize("cell,B", [(c, 64) for c in CELLS] + [("lstm", 3)])
+def test_native_matches_numpy_float32(cell, B):
+    prog = PROGRAMS[cell](B, I, H, "float32")
+    native = NativeProgram(prog)
+    for T in (1, 100):
+        _, inputs = make_case(cell, T, B, I, H, "float32", seed=T)
+        want = oracle(prog, T, inputs)
+        assert_close(results(prog, native.run(T, inputs).get), want, 1e-4)
+
+
+def test_rerun_without_zeroing_and_with_new_T():
+    prog = lstm_program(3, I, H)
+    native = NativeProgram(prog)
+    for T in (7, 7, 2, 7):
+        _, inputs = make_case("lstm", T, 3, I, H, seed=T)
+        assert_close(results(prog, native.run(T, inputs, zero=False).get),
+                     oracle(prog, T, inputs), 1e-10)
+
+
+@pytest.mark.parametrize("B", [3, 64])
+def test_two_threads_split_batch(B):
+    prog = lstm_program(B, I, H)
+    _, inputs = make_case("lstm", 9, B, I, H)
+    got = results(prog, NativeProgram(prog, threads=2).run(9, inputs).get)
+    assert_close(got, oracle(prog, 9, inputs), 1e-10)
+
+
+def test_unrolled_matches_loop_and_loop_text_is_independent_of_T():
+    prog = lstm_program(3, I, H)
+    _, inputs = make_case("lstm", 7, 3, I, H)
+    unrolled = NativeProgram(prog, unroll=True, T=7)
+    assert_close(results(prog, unrolled.run(7, inputs).get), oracle(prog, 7, inputs), 1e-10)
+    with pytest.raises(ValueError, match="unrolled for T=7"):
+        unrolled.run(8, inputs)
+    assert lower(prog).ir_text == lower(prog, T=50).ir_text
+    small, big = (len(lower(prog, unroll=True, T=t).ir_text) for t in (2, 4))
+    assert big > small > len(lower(prog).ir_text)
+
+
+def test_assembly_is_avx512_fma():
+    asm = jit.emit_asm(lower(lstm_program(8, 16, 32, "float32")).ir_text)
+    assert "zmm" in asm and "vfmadd" in asm
+
+
+def _all_ops_program(dtype, rows, cols):
+    bufs = {"X": Buffer("X", dtype, (rows, cols + 3)), "P": Buffer("P", dtype, (rows, cols)),
+            "r": Buffer("r", dtype, (cols,)), "s": Buffer("s", dtype, (2,)),
+            "Y": Buffer("Y", dtype, (rows, 12 * cols)), "S": Buffer("S", dtype, (2 * cols,))}
+    other = "float32" if dtype == "float64" else "float64"
+    body = [("a", "add", ("in0", "in2"), ()), ("b", "sub", ("in0", 0.5), ()),
+            ("c", "mul", ("in0", "in3"), ()), ("d", "div", ("in0", "in1"), ()),
+            ("e", "neg", ("in0",), ()), ("f", "exp", ("in0",), ()), ("g", "log", ("in1",), ()),
+            ("h", "tanh", ("in0",), ()), ("i", "sigmoid", ("in0",), ()), ("j", "relu", ("in0",), ()),
+            ("k", "positive", ("in0",), ()), ("l", "equal", ("j", 0.0), ()),
+            ("m", "pow", ("in1", "in2"), ()), ("n", "astype", ("in0",), (("dtype", other),)),
+            ("o", "astype", ("n",), (("dtype", dtype),)), ("p", "stop_gradient", ("o",), ())]
+    outs = [(name, Ref("Y", None, k * cols, cols)) for k, name in enumerate("abcdefghijkm")]
+    k = Fused("all_ops", ((Ref("X", None, 3, cols), "full"), (Ref("P"), "full"), (Ref("r"), "row"),
+                          (Ref("s", None, 1, 1), "scalar")), tuple(body), tuple(outs),
+              colsums=(("p", Ref("S", None, 0, cols), False), ("i", Ref("S", None, cols), True)))
+    return Program(bufs, [k], [], [], [], {"batch": rows})
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("cols", [5, 16, 37])
+def test_every_lowered_op(dtype, rtol, cols):
+    rng = np.random.default_rng(cols)
+    rows = 3
+    prog = _all_ops_program(dtype, rows, cols)
+    inputs = {"X": 3 * rng.standard_normal((rows, cols + 3)), "P": rng.uniform(0.1, 3, (rows, cols)),
+              "r": rng.standard_normal(cols), "s": rng.standard_normal(2),
+              "S": rng.standard_normal(2 * cols)}
+    inputs["X"][0, 3:6] = [0.0, -0.0, 0.0]     # positive/relu/equal at zero
+    inputs = {k: v.astype(dtype) for k, v in inputs.items()}
+    store = sched_numpy.execute(prog, 1, inputs)
+    got = NativeProgram(prog).run(1, inputs)
+    for name in ("Y", "S"):
+        np.testing.assert_allclose(got[name], sched_numpy.user_view(prog, store, name),
+                                   rtol=rtol, atol=rtol, err_msg=name)
