@@ -1,0 +1,396 @@
+"""Training machinery: truncated BPTT over long streams, clipping, optimizers, init, resumable runs.
+
+The trainer never computes gradients itself. It asks a *backend* for one TBPTT window at a time:
+
+    backend.lm_window(model, inputs, targets, state0, loss_from, save_at) -> Window
+        forward `inputs` (T, B) from `state0` (a constant: no gradient flows into it), loss = mean
+        cross-entropy over steps loss_from..T-1, gradients of that loss for every parameter, the
+        final state and the states after the steps listed in `save_at`.
+    backend.lm_eval(model, inputs, targets, state0) -> (sum of cross-entropies, count, state)
+    backend.loss_and_grads(model, *batch) -> (loss, grads)   for any model with .loss(*batch)
+
+`TapeBackend` is the reference (the eager tape). `CompiledBackend` will run the same contract on
+`compiler.compile(...)` programs; until the lead fills it in it reports itself unavailable, and
+`get_backend("auto")` falls back to the tape rather than pretending.
+
+Truncated BPTT(k1, k2), after Williams & Peng (1990): the stream is processed in updates of k1 new
+steps. Update n owns the new steps [mid, end) = [(n-1)k1, min(n k1, N)) and its window is
+[start, end) with start = max(0, mid - (k2 - k1)), i.e. k2 steps back from the nominal chunk end
+n k1 (only a short last chunk ends earlier). The window is run forward from the carried state at
+`start`, detached there; the loss is the mean cross-entropy of the *new* steps only (earlier
+steps of the window were scored by earlier updates), so the newest step backpropagates k2 steps
+and the oldest new step k2 - k1 + 1 steps. The carried state at time t is the one computed by
+the forward pass of the update whose new steps end at or after t (each state is the value of a
+real forward pass, re-run with the current weights when windows overlap). k1 = k2 is plain
+"chunks": each window starts where the previous one ended, with the state carried over.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint, init, optim
+from .core import Tensor, no_grad
+from .functional import cross_entropy
+from .heads import LanguageModel
+
+
+# ---------------------------------------------------------------- small helpers
+def blas_threads(n=1):
+    """Set numpy's OpenBLAS thread count; returns True if it could.
+
+    The products in a recurrent step are tiny; with several BLAS threads on a busy 2-core machine
+    each one can take 100x longer than single-threaded (threads spin waiting for a core).
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        return False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                    "openblas_set_num_threads"):
+            if hasattr(lib, sym):
+                getattr(lib, sym)(int(n))
+                return True
+    return False
+
+
+def _map(state, f):
+    if state is None:
+        return None
+    return tuple(_map(s, f) for s in state) if isinstance(state, (tuple, list)) else f(state)
+
+
+def _numpy_state(state):
+    return _map(state, lambda s: (s.data if isinstance(s, Tensor) else np.asarray(s)).copy())
+
+
+def _grads_of(params):
+    return {k: (p.grad if p.grad is not None else np.zeros_like(p.data)) for k, p in params.items()}
+
+
+@dataclass
+class Window:
+    loss: float                 # mean cross-entropy over the scored steps
+    tokens: int                 # number of scored predictions (steps * batch)
+    grads: dict                 # parameter name -> ndarray, same dtype as the parameter
+    state: object               # state after the last step (numpy, detached)
+    saved: dict = field(default_factory=dict)   # offset -> state after that many steps
+
+
+# ---------------------------------------------------------------- backends
+class TapeBackend:
+    """Reference backend: the eager tape, one graph per window."""
+    name = "tape"
+
+    def lm_window(self, model, inputs, targets, state0, loss_from=0, save_at=()):
+        T, B = inputs.shape
+        if not 0 <= loss_from < T:
+            raise ValueError(f"lm_window: loss_from={loss_from} must lie in [0, {T})")
+        save_at = set(save_at)
+        cuts = sorted({0, loss_from, T, *save_at})
+        params = model.parameters()
+        model.zero_grad()
+        # calling the model once per segment gives the same graph and the same floats as one call
+        # over the window; the cuts are only where we need a state or where scoring begins
+        state, total, saved = _numpy_state(state0), None, {}
+        for a, b in zip(cuts, cuts[1:]):
+            logits, state = model(inputs[a:b], state)
+            if a >= loss_from:
+                ce = cross_entropy(logits, targets[a:b], reduction="sum")
+                total = ce if total is None else total + ce
+            if b in save_at:
+                saved[b] = _numpy_state(state)
+        n = (T - loss_from) * B
+        loss = total / float(n)
+        loss.backward()
+        return Window(loss.item(), n, _grads_of(params), _numpy_state(state), saved)
+
+    def lm_eval(self, model, inputs, targets, state0):
+        with no_grad():
+            logits, state = model(inputs, _numpy_state(state0))
+            ce = cross_entropy(logits, targets, reduction="sum").item()
+        return ce, targets.size, _numpy_state(state)
+
+    def loss_and_grads(self, model, *batch):
+        params = model.parameters()
+        model.zero_grad()
+        loss = model.loss(*batch)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        loss.backward()
+        return loss.item(), _grads_of(params)
+
+
+class CompiledBackend:
+    """The same contract on compiled programs (`compiler.compile(model, seq_len=T, batch=B)`).
+
+    PENDING (the lead fills this in when the compiler lands, then sets IMPLEMENTED = True):
+      * lm_window: compile model.rnn for (T, B) (cache per T, B: the last window of an epoch may
+        be shorter); embedding/one-hot and the head + cross-entropy stay in numpy: out, s_T =
+        prog.forward(xs, s0); logits = out @ W.T + b; d_out from softmax - onehot on the scored
+        steps and zero on the others; grads = prog.vjp(xs, s0, d_out, 0) plus the head's grads.
+        States for `save_at` need either a program that returns the per-step states or a second
+        program for the prefix (h is out[t] for 1-layer RNN/GRU, but LSTM's c is not).
+      * lm_eval and loss_and_grads: prog.forward / prog.vjp the same way.
+    tests/test_train.py::test_compiled_matches_tape is written and skips until then.
+    """
+    name = "compiled"
+    IMPLEMENTED = False
+
+    @classmethod
+    def available(cls):
+        try:
+            import compiler
+        except ImportError:
+            return False
+        return cls.IMPLEMENTED and callable(getattr(compiler, "compile", None))
+
+    def __init__(self):
+        if not self.available():
+            raise RuntimeError("the compiled backend is not available yet (compiler.compile is "
+                               "pending); use --backend tape")
+
+    def _pending(self, *a, **k):
+        raise NotImplementedError("CompiledBackend: pending the compiler (see its docstring)")
+
+    lm_window = lm_eval = loss_and_grads = _pending
+
+
+def get_backend(name="auto"):
+    """'auto' (compiled when available, else the tape), 'tape' or 'compiled'."""
+    if name == "auto":
+        return CompiledBackend() if CompiledBackend.available() else TapeBackend()
+    if name == "tape":
+        return TapeBackend()
+    if name == "compiled":
+        return CompiledBackend()
+    raise ValueError(f"unknown backend {name!r}; choose auto, tape or compiled")
+
+
+# ---------------------------------------------------------------- TBPTT schedule and clipping
+def tbptt_schedule(n_steps, k1, k2=None, drop_last=False):
+    """[(start, mid, end)] per update: run [start, end) from the carried state at `start`,
+    score [mid, end). See the module docstring for the exact semantics."""
+    k2 = k1 if k2 is None else k2
+    if int(k1) != k1 or k1 < 1:
+        raise ValueError(f"TBPTT: k1 must be a positive integer, got {k1!r}")
+    if int(k2) != k2 or k2 < k1:
+        raise ValueError(f"TBPTT: k2 must be an integer >= k1 = {k1}, got {k2!r}")
+    out = []
+    for mid in range(0, n_steps, k1):
+        end = min(mid + k1, n_steps)
+        if drop_last and end - mid < k1:
+            break
+        out.append((max(0, mid - (k2 - k1)), mid, end))
+    return out
+
+
+def global_norm(grads):
+    """L2 norm over all gradient arrays together, accumulated in float64."""
+    return math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+
+
+def clip_gradients(grads, clip_norm=None, clip_value=None):
+    """Clip in place: elementwise to [-clip_value, clip_value] first, then to global norm
+    clip_norm. Returns the global norm *before* any clipping (what the trainer reports)."""
+    norm = global_norm(grads)
+    if clip_value is not None:
+        optim.clip_grad_value(list(grads.values()), clip_value)
+    if clip_norm is not None:
+        optim.clip_grad_norm(list(grads.values()), clip_norm)
+    return norm
+
+
+# ---------------------------------------------------------------- optimizers, init, configs
+LR_DEFAULTS = {"sgd": 0.5, "adagrad": 0.1, "adam": 2e-3}
+
+
+def make_optimizer(name, params, lr=None, momentum=0.9, weight_decay=0.0):
+    """sgd (with momentum), adagrad or adam with the given (or a per-optimizer default) lr."""
+    name = name.lower()
+    if name not in LR_DEFAULTS:
+        raise ValueError(f"unknown optimizer {name!r}; choose sgd, adagrad or adam")
+    lr = LR_DEFAULTS[name] if lr is None else lr
+    if name == "sgd":
+        return optim.SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr, weight_decay=weight_decay)
+    return optim.Adam(params, lr, weight_decay=weight_decay)
+
+
+def init_weights(model, recurrent="uniform", forget_bias=None, seed=0):
+    """Re-initialise recurrent weights in place.
+
+    recurrent="uniform" keeps PyTorch's U(-1/sqrt(H), 1/sqrt(H)) (what the models start with);
+    "orthogonal" makes every weight_hh gate block orthogonal. forget_bias=v (LSTM only) sets the
+    effective forget-gate bias bias_ih + bias_hh to v.
+    """
+    if recurrent not in ("uniform", "orthogonal"):
+        raise ValueError(f"init: recurrent must be 'uniform' or 'orthogonal', got {recurrent!r}")
+    rng = np.random.default_rng(seed)
+    for name, p in model.parameters().items():
+        if recurrent == "orthogonal" and "weight_hh" in name:
+            p.data = init.orthogonal(p.data.shape, rng=rng, dtype=p.data.dtype)
+    if forget_bias is None:
+        return model
+    found = False
+    for name, p in model.parameters().items():
+        if "bias_ih" in name or "bias_hh" in name:
+            H = model.parameters()[name.replace("bias_ih", "weight_hh").replace(
+                "bias_hh", "weight_hh")].shape[1]
+            if p.shape[0] != 4 * H:
+                raise ValueError("init: forget_bias needs an LSTM (gates i, f, g, o)")
+            init.forget_bias(p.data, H, forget_bias if "bias_ih" in name else 0.0)
+            found = True
+    if not found:
+        raise ValueError("init: forget_bias needs an LSTM with biases")
+    return model
+
+
+def lm_config(model):
+    """JSON-able description from which `build_lm` rebuilds the same LanguageModel."""
+    rnn = model.rnn
+    return {"vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
+            "cell": model.cell, "num_layers": rnn.num_layers,
+            "embed_size": None if model.embedding is None else model.embedding.shape[1],
+            "dtype": model.dtype.name}
+
+
+def build_lm(cfg, seed=0):
+    cfg = dict(cfg)
+    return LanguageModel(cfg.pop("vocab_size"), cfg.pop("hidden_size"), seed=seed,
+                         dtype=np.dtype(cfg.pop("dtype")), **cfg)
+
+
+# ---------------------------------------------------------------- the trainer
+@dataclass
+class StepReport:
+    step: int           # updates done so far (1-based after the first)
+    epoch: int
+    loss: float         # mean cross-entropy of the scored predictions
+    tokens: int
+    grad_norm: float    # global norm before clipping
+    seconds: float
+
+    @property
+    def perplexity(self):
+        return float(np.exp(self.loss))
+
+
+class Trainer:
+    """Truncated BPTT(k1, k2) on a LanguageModel over (N, B) id streams, or plain minibatch
+    training (`fit_batch`) on any model with `.loss(*batch)`."""
+
+    def __init__(self, model, optimizer, k1=25, k2=None, clip_norm=None, clip_value=None,
+                 backend=None, drop_last=False):
+        tbptt_schedule(0, k1, k2)  # validates k1, k2
+        self.model, self.optimizer = model, optimizer
+        self.k1, self.k2 = int(k1), int(k1 if k2 is None else k2)
+        self.clip_norm, self.clip_value, self.drop_last = clip_norm, clip_value, drop_last
+        self.backend = backend if backend is not None else get_backend("auto")
+        self.step = self.epoch = 0
+        self.update = 0          # index of the next update within the current epoch
+        self.states = {0: None}  # stream position -> carried state (None: zeros)
+
+    def apply(self, grads):
+        """Clip, hand the gradients to the parameters and step the optimizer; returns the norm."""
+        if not all(np.all(np.isfinite(g)) for g in grads.values()):
+            raise FloatingPointError(f"non-finite gradient at step {self.step + 1}; lower the "
+                                     "learning rate or clip")
+        norm = clip_gradients(grads, self.clip_norm, self.clip_value)
+        params = self.model.parameters()
+        for k, g in grads.items():
+            params[k].grad = g
+        self.optimizer.step()
+        self.step += 1
+        return norm
+
+    def run_epoch(self, streams):
+        """Yield a StepReport per update, continuing the current epoch where it stopped (so a
+        resumed run picks up mid-epoch); at the end the epoch counter advances and the carried
+        state resets to zeros."""
+        streams = np.asarray(streams)
+        if streams.ndim != 2 or streams.shape[0] < 2:
+            raise ValueError(f"run_epoch: streams must be (N >= 2, B) ids, got {streams.shape}")
+        sched = tbptt_schedule(streams.shape[0] - 1, self.k1, self.k2, self.drop_last)
+        starts = [s for s, _, _ in sched]
+        while self.update < len(sched):
+            start, mid, end = sched[self.update]
+            t0 = time.perf_counter()
+            later = [s for s in starts[self.update + 1:] if mid < s <= end]
+            w = self.backend.lm_window(self.model, streams[start:end], streams[start + 1:end + 1],
+                                       self.states[start], mid - start, [s - start for s in later])
+            if not math.isfinite(w.loss):
+                raise FloatingPointError(f"loss became {w.loss} at step {self.step + 1}; lower "
+                                         "the learning rate or clip")
+            norm = self.apply(w.grads)
+            self.update += 1
+            keep = starts[self.update] if self.update < len(sched) else end
+            self.states = {t: s for t, s in self.states.items() if t >= keep}
+            self.states.update({start + k: s for k, s in w.saved.items()})
+            self.states[end] = w.state
+            yield StepReport(self.step, self.epoch, w.loss, w.tokens, norm,
+                             time.perf_counter() - t0)
+        self.epoch += 1
+        self.update, self.states = 0, {0: None}
+
+    def evaluate(self, streams, chunk=None):
+        """Mean cross-entropy over all predictions in (N, B) streams, state carried throughout."""
+        streams = np.asarray(streams)
+        chunk = chunk or max(self.k1, 50)
+        total, count, state = 0.0, 0, None
+        for a in range(0, streams.shape[0] - 1, chunk):
+            b = min(a + chunk, streams.shape[0] - 1)
+            s, n, state = self.backend.lm_eval(self.model, streams[a:b], streams[a + 1:b + 1],
+                                               state)
+            total, count = total + s, count + n
+        return total / max(count, 1)
+
+    def fit_batch(self, *batch):
+        """One update on a whole-sequence batch: loss = model.loss(*batch)."""
+        t0 = time.perf_counter()
+        loss, grads = self.backend.loss_and_grads(self.model, *batch)
+        norm = self.apply(grads)
+        return StepReport(self.step, self.epoch, loss, 0, norm, time.perf_counter() - t0)
+
+    # -- checkpoints
+    def state_dict(self):
+        return {"step": self.step, "epoch": self.epoch, "update": self.update,
+                "k1": self.k1, "k2": self.k2,
+                "states": {str(t): s for t, s in self.states.items()}}
+
+    def load_state_dict(self, sd):
+        if (sd["k1"], sd["k2"]) != (self.k1, self.k2):
+            raise ValueError(f"the checkpoint was trained with k1={sd['k1']}, k2={sd['k2']}; "
+                             f"resume with the same values (got k1={self.k1}, k2={self.k2})")
+        self.step, self.epoch, self.update = int(sd["step"]), int(sd["epoch"]), int(sd["update"])
+        self.states = {int(t): s for t, s in sd["states"].items()}
+
+    def save(self, path, meta=None):
+        """Model, optimizer and trainer state (position, carried states) in one atomic file."""
+        checkpoint.save(path, self.model.state_dict(), self.optimizer.state_dict(),
+                        {**(meta or {}), "trainer": self.state_dict()})
+
+    def load(self, path):
+        """Restore everything `save` wrote, bit for bit; returns the checkpoint's meta."""
+        model_state, optim_state, meta = checkpoint.load(path)
+        checkpoint.check_compatible(model_state, self.model.state_dict())
+        if "trainer" not in (meta or {}):
+            raise ValueError(f"{path} holds no trainer state (not written by Trainer.save)")
+        sd = meta["trainer"]
+        if (sd["k1"], sd["k2"]) != (self.k1, self.k2):
+            raise ValueError(f"the checkpoint was trained with k1={sd['k1']}, k2={sd['k2']}; "
+                             f"resume with the same values (got k1={self.k1}, k2={self.k2})")
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        self.load_state_dict(sd)
+        return meta
