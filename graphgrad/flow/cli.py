@@ -82,7 +82,8 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def run(args, out=sys.stdout):
+def run(args, out=None):
+    out = sys.stdout if out is None else out
     rng = np.random.default_rng(args.seed)
     models = {}
     for cell in [c for c in args.cell.split(",") if c]:

@@ -44,7 +44,8 @@ def plot_norms(flows, path):
 def plot_lags(flows, path, max_lag=None):
     """Heatmap per model: weights (rows) x temporal distance (columns), log10 of the norm share."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(flows), figsize=(4.2 * len(flows), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(flows), figsize=(5.0 * len(flows), 3.0), squeeze=False,
+                             gridspec_kw={"wspace": 0.55})
     im = None
     for ax, (label, fl) in zip(axes[0], flows.items()):
         lt = fl.lags()
@@ -55,7 +56,7 @@ def plot_lags(flows, path, max_lag=None):
         im = ax.imshow(np.clip(grid, -12, 0), aspect="auto", cmap="magma", vmin=-12, vmax=0,
                        interpolation="nearest")
         ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_xlabel("lag k (steps between weight use and loss)")
+        ax.set_xlabel("lag k (steps from weight use to loss)", fontsize=8)
         ax.set_title(label, fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), label="log10 share of ||dL/dW||", shrink=0.9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -93,7 +94,6 @@ def plot_sweep(path, Ts=(5, 10, 20), wlim=4.0, n=1001):
     axes[0].set_title("state h_T", fontsize=10)
     axes[1].set_title("dh_T/dh_0", fontsize=10)
     axes[2].set_title("|dh_T/dh_0| (log scale)", fontsize=10)
-    axes[1].set_ylim(-3, 3)
     axes[2].set_ylim(1e-12, 1e6)
     for ax in axes:
         ax.set_xlabel("w   (h_t = tanh(w h_{t-1}), h_0 = 0.5)")

@@ -1,0 +1,97 @@
+"""graphgrad.flow: path counts against networkx enumeration, the scalar sweep against the
+lecture recurrence, the diagnosis on known regimes, and the CLI end to end."""
+import os
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import graphgrad as gg
+from graphgrad import flow
+from graphgrad.flow import cli, paths
+from graphgrad.flow.plots import scalar_sweep
+
+
+@pytest.mark.parametrize("M", [gg.RNN, gg.LSTM, gg.GRU])
+@pytest.mark.parametrize("loss", ["last", "all"])
+def test_path_counts_match_enumeration(M, loss):
+    m = M(2, 3, dtype=np.float64)
+    xs = np.random.default_rng(0).standard_normal((3, 1, 2))
+    G, ws, L = paths.unrolled_graph(m, xs, loss=loss)
+    for w in ("weight_hh_l0", "bias_ih_l0"):
+        enum = list(nx.all_simple_edge_paths(G, ws[w], L))
+        pc = paths.path_counts(m, xs, w, loss=loss)
+        assert pc.total == len(enum) == sum(pc.by_length.values()) == sum(pc.by_step.values())
+        lengths = {}
+        for p in enum:
+            lengths[len(p)] = lengths.get(len(p), 0) + 1
+        assert lengths == pc.by_length
+        assert set(pc.by_step) == {0, 1, 2}
+
+
+def test_path_count_rnn_closed_form_and_growth():
+    m = gg.RNN(2, 3, dtype=np.float64)
+    xs = np.random.default_rng(0).standard_normal((16, 1, 2))
+    # each use of W_hh at step q reaches out[T-1] through h_q..h_j then the stacked output, j>=q
+    g = paths.path_growth(m, xs, "weight_hh_l0", Ts=(1, 2, 4, 8, 16))
+    assert g == {T: T * (T + 1) // 2 for T in (1, 2, 4, 8, 16)}
+    lg = paths.path_growth(gg.LSTM(2, 3, dtype=np.float64), xs, "weight_hh_l0", Ts=(2, 4, 8))
+    assert lg[8] / lg[4] > (lg[4] / lg[2])  # faster than geometric: many routes per step
+
+
+def test_scalar_sweep_matches_lecture_recurrence():
+    ws = np.linspace(-4, 4, 41)
+    hT, g = scalar_sweep(ws, 10)
+    for w, a, b in zip(ws, hT, g):
+        hs = [0.5]
+        for _ in range(10):
+            hs.append(np.tanh(w * hs[-1]))
+        dh = 1.0
+        for t in range(10):
+            dh = (1 - hs[-1 - t] ** 2) * w * dh
+        assert abs(a - hs[-1]) < 1e-15 and abs(b - dh) < 1e-14
+
+
+def test_decay_rate_of_a_known_geometric_chain():
+    d = np.arange(51)
+    assert np.allclose(flow.decay_rate((np.log10(0.8) * d)[:, None]), np.log10(0.8))
+
+
+def test_diagnosis_regimes():
+    xs = np.random.default_rng(0).standard_normal((60, 2, 4))
+    rnn = cli.build_model("rnn", 4, 16, init_scale=1.0)
+    assert flow.diagnose(flow.from_tape(rnn, xs)).verdict == "vanishing"
+    relu = cli.build_model("rnn_relu", 4, 16, init_scale=5.0)
+    d = flow.diagnose(flow.from_tape(relu, xs))
+    assert d.verdict == "exploding" and "clip the gradient norm at" in d.suggestion
+    lstm = cli.build_model("lstm", 4, 16, forget_bias=8.0)
+    assert flow.diagnose(flow.from_tape(lstm, xs)).verdict == "healthy"
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "plots"
+    cli.main(["--cell", "rnn,lstm", "--T", "30", "--hidden", "8", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "rnn" in text and "lstm" in text and "verdict" in text and "suggestion" in text
+    for name in ("flow_norms.png", "flow_lags.png", "flow_chains.png", "flow_sweep.png"):
+        f = out / name
+        assert f.exists() and os.path.getsize(f) > 5000
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_custom_model_file(tmp_path, capsys):
+    src = tmp_path / "mycell.py"
+    src.write_text(
+        "import numpy as np, graphgrad as gg\n"
+        "def step(p, x, h):\n"
+        "    h = gg.tanh(x @ p['Wx'] + h @ p['Wh'])\n"
+        "    return h, h\n"
+        "def build(hidden, seed, init_scale):\n"
+        "    r = np.random.default_rng(seed)\n"
+        "    p = {'Wx': r.standard_normal((3, hidden)) * 0.5,\n"
+        "         'Wh': init_scale * np.eye(hidden)}\n"
+        "    return gg.Recurrent(step, p), 3, lambda b: np.zeros((b, hidden))\n")
+    cli.main(["--cell", "", "--model", f"{src}:build", "--T", "20", "--hidden", "4",
+              "--no-plots"])
+    text = capsys.readouterr().out
+    assert "mycell.py" in text and "sum err" in text
