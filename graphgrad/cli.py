@@ -76,34 +76,36 @@ def _gradcheck_lstm(cell="lstm", T=4, B=2, I=3, H=4, seed=0):
     return gg.gradcheck_model(m, xs, raise_on_failure=False)
 
 
-@command("gradcheck", "check a built-in model's gradients against central finite differences")
-def gradcheck_cmd(args):
-    rep = _gradcheck_lstm(args.cell, args.T, args.batch, args.input, args.hidden, args.seed)
-    print(rep)
-    return 0 if rep.ok else 1
-
-
-def _add_gradcheck(p):
-    p.add_argument("--cell", default="lstm", help="rnn, rnn_relu, lstm, gru or gru_v1")
-    p.add_argument("--T", type=int, default=5)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--input", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-
-
 @command("flow", "inspect how gradients flow, vanish and explode through time")
 def flow_cmd(args):
     from graphgrad.flow.cli import main as flow_main
     return flow_main(args.rest)
 
 
-PARSERS = {"demo": _add_demo, "gradcheck": _add_gradcheck,
+PARSERS = {"demo": _add_demo,
            "flow": lambda p: p.add_argument("rest", nargs=argparse.REMAINDER)}
 
 
+def _register_subcommands():
+    # train, sample and gradcheck live in graphgrad/commands/ (HELP, add_arguments, run)
+    from graphgrad.commands import MODULES
+    for name, mod in MODULES.items():
+        command(name, mod.HELP)(mod.run)
+        PARSERS[name] = mod.add_arguments
+
+
+_register_subcommands()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="graphgrad", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="graphgrad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help, add_help=name != "flow")

@@ -1,0 +1,9 @@
+"""Implementations of the `graphgrad train`, `sample` and `gradcheck` subcommands.
+
+Each module has HELP (one line), add_arguments(parser) and run(args) -> exit code; graphgrad/cli.py
+registers them. User-facing problems are raised as ValueError / OSError, which the CLI turns into
+one line on stderr.
+"""
+from . import gradcheck, sample, train
+
+MODULES = {"train": train, "sample": sample, "gradcheck": gradcheck}

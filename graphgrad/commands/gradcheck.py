@@ -1,0 +1,83 @@
+"""`graphgrad gradcheck`: a built-in or user-written model vs central finite differences."""
+import importlib.util
+import os
+
+import numpy as np
+
+from .common import positive_int
+
+HELP = "check a model's gradients (built-in, or --model file.py:function) against finite " \
+       "differences"
+
+
+def add_arguments(p):
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="a function returning a float64 model, or (model, arg1, ...) to call "
+                        "it with; default: the built-in --cell")
+    p.add_argument("--cell", default="lstm", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"])
+    p.add_argument("--T", type=positive_int, default=5, help="sequence length (default 5)")
+    p.add_argument("--batch", type=positive_int, default=2)
+    p.add_argument("--input", type=positive_int, default=3)
+    p.add_argument("--hidden", type=positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_function(spec):
+    """'path/to/file.py:name' -> the callable, with one-line errors for every way it can fail."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise ValueError(f"--model must look like file.py:function, got {spec!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    mod_spec = importlib.util.spec_from_file_location(f"_gg_user_{abs(hash(path))}", path)
+    if mod_spec is None:
+        raise ValueError(f"cannot import {path} (is it a .py file?)")
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it on one line, whatever it raised
+        raise ValueError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"{path} has no function {name!r}")
+    return fn
+
+
+def build(args):
+    import graphgrad as gg
+    rng = np.random.default_rng(args.seed)
+    if not args.model:
+        model = gg.make_rnn(args.cell, args.input, args.hidden, dtype=np.float64, seed=args.seed)
+        return f"{args.cell} (T={args.T}, batch={args.batch})", model, \
+            (rng.standard_normal((args.T, args.batch, args.input)),)
+    fn = load_function(args.model)
+    try:
+        made = fn()
+    except Exception as e:
+        raise ValueError(f"{args.model} raised {type(e).__name__}: {e}") from e
+    model, call_args = (made[0], tuple(made[1:])) if isinstance(made, tuple) else (made, ())
+    if not hasattr(model, "parameters"):
+        raise ValueError(f"{args.model} returned {type(model).__name__}, not a model with "
+                         "parameters()")
+    if not call_args:
+        size = getattr(model, "input_size", None)
+        if size is None:
+            raise ValueError(f"{args.model}: return (model, inputs...) for a model without "
+                             "input_size")
+        call_args = (rng.standard_normal((args.T, args.batch, size)),)
+    return args.model, model, call_args
+
+
+def run(args):
+    import graphgrad as gg
+    what, model, call_args = build(args)
+    try:
+        rep = gg.gradcheck_model(model, *call_args, seed=args.seed, raise_on_failure=False)
+    except Exception as e:  # the user's model may raise anything; the CLI wants one line
+        if isinstance(e, (TypeError, ValueError)):
+            raise
+        raise ValueError(f"running {what} failed: {type(e).__name__}: {e}") from e
+    n = sum(int(np.size(p.data)) for p in model.parameters().values())
+    print(f"gradcheck {what}: {n} parameters vs central finite differences (float64)")
+    print(rep)
+    return 0 if rep.ok else 1
