@@ -118,7 +118,7 @@ def run(args, out=None):
 def table(flows, chains, args):
     from .diagnose import diagnose
     labels = bucket_labels(EDGES)
-    head = (f"{'model':<10}{'verdict':<11}{'x/step':>8}{'decades':>9}{'|g_1|/|g_T|':>12}"
+    head = (f"{'model':<13}{'verdict':<11}{'x/step':>8}{'decades':>9}{'|g_1|/|g_T|':>12}"
             + "".join(f"{'lag ' + b:>10}" for b in labels) + f"{'sum err':>10}")
     lines = [f"gradient flow, T={args.T}, hidden={args.hidden}, batch={args.batch}, "
              f"init-scale={args.init_scale:g}, forget-bias={args.forget_bias}, loss={args.loss}, "
@@ -134,7 +134,7 @@ def table(flows, chains, args):
         with np.errstate(divide="ignore"):
             ratio = float(np.median(np.log10(g[0]) - np.log10(g[-1])))
         ld = d.layers[0]
-        lines.append(f"{label:<10}{ld.verdict:<11}{ld.gamma:>8.3f}{float(np.median(ld.span)):>+9.1f}"
+        lines.append(f"{label:<13}{ld.verdict:<11}{ld.gamma:>8.3f}{float(np.median(ld.span)):>+9.1f}"
                      f"{'1e%+.1f' % ratio:>12}" + "".join(f"{s:>10.3f}" for s in lt.bucket(w, EDGES))
                      + f"{check(fl)['grads']:>10.1e}")
         notes.append(f"[{label}] " + str(d).replace("\n", "\n  "))
