@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from ..core import _toposort, backward  # noqa: F401  (toposort: the tape's own walk)
+from ..core import _toposort
 from .stepgraph import leaves
 from .trace import _prepare, _run, readout
 

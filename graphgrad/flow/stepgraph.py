@@ -35,7 +35,7 @@ def flatten(state):
 
 def unflatten(flat, template):
     """Inverse of `flatten` for arrays or Tensors; `template` gives structure and leaf shapes."""
-    out, pos = [], [0]
+    pos = [0]
 
     def build(t):
         if isinstance(t, tuple):
@@ -47,8 +47,7 @@ def unflatten(flat, template):
         if isinstance(flat, Tensor):
             return reshape(getitem(flat, (slice(None), slice(start, start + n))), shape)
         return flat[:, start:start + n].reshape(shape)
-    out = build(template)
-    return out
+    return build(template)
 
 
 # ---------------------------------------------------------------- the stacked step
