@@ -1,0 +1,149 @@
+"""The train / sample / gradcheck commands end to end, each in a subprocess on tiny sizes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from graphgrad import checkpoint
+
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+def gg(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "graphgrad.cli", *map(str, args)], cwd=cwd,
+                          env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(r, *words):
+    assert r.returncode != 0, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run with checkpoints, shared by the sample and resume tests."""
+    d = tmp_path_factory.mktemp("cli")
+    (d / "corpus.txt").write_text("hello world, the quick brown fox. " * 120)
+    r = gg("train", "--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14, "--batch", 8,
+           "--epochs", 2, "--checkpoint", "ck.npz", "--every", 20, "--lr", 0.02, cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d, r
+
+
+def test_train_runs_and_checkpoints(trained):
+    d, r = trained
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("train: 3,672 training / 408 validation characters, vocab 20; "
+                               "lstm hidden 16") and "k1=10 k2=14 batch 8" in lines[0]
+    epochs = [ln for ln in lines if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val loss" in e and "perplexity" in e for e in epochs)
+    first, second = (float(e.split("val loss ")[1].split()[0]) for e in epochs)
+    assert second < first < np.log(20)
+    assert "saved checkpoint ck.npz (step 20, every 20)" in r.stdout
+    assert lines[-1] == "saved checkpoint ck.npz (step 92, end of training)"
+    _, opt, meta = checkpoint.load(d / "ck.npz")
+    assert meta["config"]["hidden_size"] == 16 and meta["vocab"]["chars"].startswith(" ,.")
+    assert meta["trainer"]["step"] == 92 and opt["type"] == "Adam"
+
+
+def test_resume_continues_the_run(trained):
+    d, _ = trained
+    import shutil
+    shutil.copy(d / "ck.npz", d / "ck2.npz")
+    r = gg("train", "--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14, "--batch", 8,
+           "--epochs", 3, "--checkpoint", "ck2.npz", "--resume", "--lr", 0.02, cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "resuming from ck2.npz: step 92, epoch 3, update 0 of the epoch"
+    assert "epoch 3:" in r.stdout and "(step 138, end of training)" in r.stdout
+    bad = gg("train", "--text", "corpus.txt", "--hidden", 8, "--checkpoint", "ck2.npz",
+             "--resume", cwd=d)
+    one_line_error(bad, "graphgrad train: error: checkpoint was saved from a different model")
+    other = gg("train", "--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14,
+               "--optim", "sgd", "--checkpoint", "ck2.npz", "--resume", cwd=d)
+    one_line_error(other, "cannot load optimizer state saved by 'Adam'")
+
+
+def test_sample_from_checkpoint(trained):
+    d, _ = trained
+    r = gg("sample", "ck.npz", "--prefix", "hello", "-n", 40, "--temperature", 0.5, 1.5, cwd=d)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "--- temperature 0.5 ---" and out[1].startswith("hello")
+    assert len(out[1]) == 45 and "--- temperature 1.5 ---" in out
+    again = gg("sample", "ck.npz", "--prefix", "hello", "-n", 40, "--temperature", 0.5, cwd=d)
+    assert again.stdout.splitlines()[0] == out[1]      # same seed, same text
+    one_line_error(gg("sample", "ck.npz", "--prefix", "HELLO", cwd=d), "'H'", "not in the vocab")
+    one_line_error(gg("sample", "ck.npz", "--temperature", 0, cwd=d), "--temperature")
+
+
+def test_gradcheck_builtin_and_custom(tmp_path):
+    r = gg("gradcheck", "--cell", "gru_v1", "--T", 3, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.rstrip().splitlines()[-1].startswith("ok"), r.stdout
+    (tmp_path / "mycell.py").write_text(textwrap.dedent("""
+        import numpy as np, graphgrad as gg
+
+        def step(p, x, h):
+            h = gg.tanh(x @ p["Wx"] + h @ p["Wh"] * gg.sigmoid(h) + p["b"])
+            return h, h
+
+        def model():
+            rng = np.random.default_rng(0)
+            m = gg.Recurrent(step, {"Wx": rng.standard_normal((2, 3)) * .5,
+                                    "Wh": rng.standard_normal((3, 3)) * .5, "b": np.zeros(3)})
+            return m, rng.standard_normal((4, 2, 2)), np.zeros((2, 3))
+
+        def lstm():
+            return gg.LSTM(2, 3, dtype=np.float64)
+
+        def broken():
+            raise RuntimeError("boom")
+    """))
+    r = gg("gradcheck", "--model", "mycell.py:model", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("gradcheck mycell.py:model: 18 parameters")
+    assert "Wh" in r.stdout and r.stdout.rstrip().splitlines()[-1].startswith("ok")
+    assert gg("gradcheck", "--model", "mycell.py:lstm", "--T", 3, cwd=tmp_path).returncode == 0
+    one_line_error(gg("gradcheck", "--model", "mycell.py:nope", cwd=tmp_path), "no function 'nope'")
+    one_line_error(gg("gradcheck", "--model", "missing.py:f", cwd=tmp_path), "not found")
+    one_line_error(gg("gradcheck", "--model", "mycell.py", cwd=tmp_path), "file.py:function")
+    one_line_error(gg("gradcheck", "--model", "mycell.py:broken", cwd=tmp_path),
+                   "RuntimeError: boom")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--k1", "0"], ["--k1", "positive integer"]),
+    (["train", "--k1", "5", "--k2", "3"], ["k2 must be an integer >= k1"]),
+    (["train", "--cell", "transformer"], ["invalid choice"]),
+    (["train", "--lr", "-1"], ["--lr"]),
+    (["train", "--val-frac", "1.5"], ["--val-frac"]),
+    (["train", "--text", "missing.txt"], ["text file not found: missing.txt"]),
+    (["train", "--text", "empty.txt"], ["is empty"]),
+    (["train", "--text", "binary.bin"], ["binary"]),
+    (["train", "--text", "short.txt"], ["too few"]),
+    (["train", "--resume"], ["--resume needs --checkpoint"]),
+    (["train", "--checkpoint", "no/such/dir/ck.npz"], ["directory does not exist"]),
+    (["train", "--text", "short.txt", "--forget-bias", "1", "--cell", "gru"], ["too few"]),
+    (["sample", "corrupt.npz"], ["corrupt"]),
+    (["sample"], ["required: checkpoint"]),
+    (["bogus"], ["invalid choice"]),
+    ([], ["required: COMMAND"]),
+])
+def test_bad_arguments_and_files(tmp_path, args, words):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02")
+    (tmp_path / "short.txt").write_text("abc")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    one_line_error(gg(*args, cwd=tmp_path), *words)
+
+
+def test_help_for_every_command(tmp_path):
+    for cmd in ("train", "sample", "gradcheck"):
+        r = gg(cmd, "--help", cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.startswith("usage: graphgrad " + cmd)
+    assert "--k2" in gg("train", "--help", cwd=tmp_path).stdout
