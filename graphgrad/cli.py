@@ -114,6 +114,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["flow"]:   # its own parser, so `graphgrad flow --help` shows flow's options
+        from graphgrad.flow.cli import main as flow_main
+        return flow_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args) or 0
