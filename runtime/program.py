@@ -9,6 +9,9 @@ sizes; see the measurements in the report / docs.
 from __future__ import annotations
 
 import ctypes
+import functools
+import glob
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,17 +30,34 @@ def _libc_externals():
             for n in ("memset", "memcpy", "memmove")}
 
 
+@functools.cache
+def blas_externals() -> dict:
+    """gg_cblas_?gemm -> addresses of numpy's bundled OpenBLAS ILP64 cblas_?gemm ({} if absent)."""
+    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*"))):
+        lib = ctypes.CDLL(path)
+        try:
+            return {ours: ctypes.cast(getattr(lib, f"scipy_cblas_{c}gemm64_"), ctypes.c_void_p).value
+                    for ours, c in (("gg_cblas_sgemm", "s"), ("gg_cblas_dgemm", "d"))}
+        except AttributeError:
+            continue
+    return {}
+
+
 class _Instance:
     """One compiled module plus its buffers (re-allocated when T changes)."""
 
-    def __init__(self, prog: Program, unroll, T, opt):
+    def __init__(self, prog: Program, unroll, T, opt, gemm):
         self.prog = prog
-        self.lowered = lowering.lower(prog, unroll=unroll, T=T)
+        if gemm != "llvm" and not blas_externals():
+            gemm = "llvm"   # no OpenBLAS next to numpy: our kernels everywhere
+        self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm)
         obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
                                  *[ctypes.c_void_p] * len(self.lowered.arg_names))
-        self.loaded = jit.load(obj, {self.lowered.entry: proto}, _libc_externals())
+        self.loaded = jit.load(obj, {self.lowered.entry: proto},
+                               {**_libc_externals(), **blas_externals()})
         self.fn = self.loaded[self.lowered.entry]
         self.T, self.store, self.ptrs = None, None, None
 
@@ -68,6 +88,8 @@ class NativeProgram:
     NativeProgram(prog, unroll=False, T=None, opt=3, threads=1)
       unroll=True emits straight-line code for the given T (comparison only).
       threads=2 splits the batch over two threads (needs meta["batch"] >= 2).
+      gemm: "auto" (BLAS for pre/post products, own kernels in the loops), "llvm", "blas";
+      falls back to "llvm" when numpy ships no OpenBLAS.
     run(T, inputs, zero=True) -> {buffer name: array in user shape}
       inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not
       given start at zero when zero=True (the numpy executor's semantics); zero=False skips that
@@ -75,7 +97,8 @@ class NativeProgram:
       returned arrays are the live buffers (single-thread mode): copy before the next call.
     """
 
-    def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1):
+    def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1,
+                 gemm="auto"):
         self.prog, self.threads = prog, threads
         B = prog.meta.get("batch")
         if threads not in (1, 2):
@@ -83,12 +106,12 @@ class NativeProgram:
         if threads == 2 and (B is None or B < 2):
             raise ValueError("threads=2 needs meta['batch'] >= 2 to split")
         if threads == 1:
-            self.parts = [_Instance(prog, unroll, T, opt)]
+            self.parts = [_Instance(prog, unroll, T, opt, gemm)]
         else:
             b1 = B // 2
-            first = _Instance(with_batch(prog, b1), unroll, T, opt)
+            first = _Instance(with_batch(prog, b1), unroll, T, opt, gemm)
             second = first if B - b1 == b1 else _Instance(with_batch(prog, B - b1), unroll, T,
-                                                           opt)
+                                                           opt, gemm)
             # Two halves need their own buffers even when the code is shared.
             self.parts = [first, _Instance.__new__(_Instance) if second is first else second]
             if second is first:

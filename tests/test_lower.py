@@ -81,6 +81,15 @@ def test_unrolled_matches_loop_and_loop_text_is_independent_of_T():
     assert big > small > len(lower(prog).ir_text)
 
 
+@pytest.mark.parametrize("gemm", ["llvm", "blas"])
+def test_gemm_modes(gemm):
+    prog = PROGRAMS["gru"](3, I, H)
+    _, inputs = make_case("gru", 7, 3, I, H)
+    native = NativeProgram(prog, gemm=gemm)
+    assert ("gg_cblas_dgemm" in native.lowered.externals) == (gemm == "blas")
+    assert_close(results(prog, native.run(7, inputs).get), oracle(prog, 7, inputs), 1e-10)
+
+
 def test_assembly_is_avx512_fma():
     asm = jit.emit_asm(lower(lstm_program(8, 16, 32, "float32")).ir_text)
     assert "zmm" in asm and "vfmadd" in asm
