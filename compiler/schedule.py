@@ -21,8 +21,10 @@ Semantics shared by the numpy executor (compiler/sched_numpy.py, the oracle) and
     1..T of a "T+1" buffer (the states each step wrote: the output sequence). Integer offsets are
     only legal inside the loops.
   * Kernels run in list order and see every earlier write, including in-place updates: a Fused
-    kernel may read and write the same window (each element is read before it is written), a
-    Gemm's output must not overlap its operands.
+    kernel may read and write the same window (each element is read before it is written) but
+    an output must not partially overlap an input, and a colsum target must not be read or
+    written by anything else in its kernel (it is updated row by row). A Gemm's output must not
+    overlap its operands (accumulate=True reads it only as C).
   * Fused iterates over the (rows, cols) of its first output (or, without outputs, its first
     "full" input). Every full input and output window must have that shape; "row" inputs are
     (cols,) windows, "scalar" inputs one element. Colsums sum a local over all rows; with
@@ -243,6 +245,21 @@ def _check_fused(prog, k):
     for _, r, _ in k.colsums:
         if _dims(prog, r)[1:] != (False, dom[2]) or _dims(prog, r)[0] != 1:
             raise ValueError(f"Fused {k.name}: colsum target {r} is not a ({dom[2]},) vector")
+        used = ([q for q, _ in k.inputs] + [q for _, q in k.outputs] +
+                [q for _, q, _ in k.colsums])
+        if sum(q.buf == r.buf and q.t == r.t and _overlap(prog, q, r) for q in used) > 1:
+            raise ValueError(f"Fused {k.name}: colsum target {r.buf} is also used elsewhere in "
+                             f"the kernel")
+    for _, o in k.outputs:
+        for r, _ in k.inputs:
+            if r.buf == o.buf and r.t == o.t and r != o and _overlap(prog, r, o):
+                raise ValueError(f"Fused {k.name}: output {o} partially overlaps input {r}")
+
+
+def _overlap(prog, a, b):
+    _, _, ca, na, _ = ref_window(prog, a)
+    _, _, cb, nb, _ = ref_window(prog, b)
+    return ca < cb + nb and cb < ca + na
 
 
 def is_batched(prog: Program, name: str) -> bool:

@@ -37,7 +37,8 @@ def blas_externals() -> dict:
     for path in sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*"))):
         lib = ctypes.CDLL(path)
         try:
-            return {ours: ctypes.cast(getattr(lib, f"scipy_cblas_{c}gemm64_"), ctypes.c_void_p).value
+            return {ours: ctypes.cast(getattr(lib, f"scipy_cblas_{c}gemm64_"),
+                                      ctypes.c_void_p).value
                     for ours, c in (("gg_cblas_sgemm", "s"), ("gg_cblas_dgemm", "d"))}
         except AttributeError:
             continue

@@ -153,7 +153,8 @@ def gru_program(B, I, H, dtype="float64") -> Program:
     """PyTorch's GRU: n = tanh(xn + r * (h W_hn^T + b_hn)), so b_hh stays inside the loop."""
     bufs = _buffers(B, I, H, 3, dtype, ["h"])
     bufs.update(ACT=Buffer("ACT", dtype, (B, 3 * H), "T"), HN=Buffer("HN", dtype, (B, H), "T"),
-                DXG=Buffer("DXG", dtype, (B, 3 * H), "T"), DHG=Buffer("DHG", dtype, (B, 3 * H), "T"))
+                DXG=Buffer("DXG", dtype, (B, 3 * H), "T"),
+                DHG=Buffer("DHG", dtype, (B, 3 * H), "T"))
     gate = lambda buf, t, k: (Ref(buf, t, k * H, H), "full")  # noqa: E731
     f = Body()
     hr, hz, hn = (f("add", f"in{k + 3}", f"in{k + 6}") for k in range(3))

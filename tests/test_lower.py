@@ -103,7 +103,8 @@ def _all_ops_program(dtype, rows, cols):
     body = [("a", "add", ("in0", "in2"), ()), ("b", "sub", ("in0", 0.5), ()),
             ("c", "mul", ("in0", "in3"), ()), ("d", "div", ("in0", "in1"), ()),
             ("e", "neg", ("in0",), ()), ("f", "exp", ("in0",), ()), ("g", "log", ("in1",), ()),
-            ("h", "tanh", ("in0",), ()), ("i", "sigmoid", ("in0",), ()), ("j", "relu", ("in0",), ()),
+            ("h", "tanh", ("in0",), ()), ("i", "sigmoid", ("in0",), ()),
+            ("j", "relu", ("in0",), ()),
             ("k", "positive", ("in0",), ()), ("l", "equal", ("j", 0.0), ()),
             ("m", "pow", ("in1", "in2"), ()), ("n", "astype", ("in0",), (("dtype", other),)),
             ("o", "astype", ("n",), (("dtype", dtype),)), ("p", "stop_gradient", ("o",), ())]
@@ -120,7 +121,8 @@ def test_every_lowered_op(dtype, rtol, cols):
     rng = np.random.default_rng(cols)
     rows = 3
     prog = _all_ops_program(dtype, rows, cols)
-    inputs = {"X": 3 * rng.standard_normal((rows, cols + 3)), "P": rng.uniform(0.1, 3, (rows, cols)),
+    inputs = {"X": 3 * rng.standard_normal((rows, cols + 3)),
+              "P": rng.uniform(0.1, 3, (rows, cols)),
               "r": rng.standard_normal(cols), "s": rng.standard_normal(2),
               "S": rng.standard_normal(2 * cols)}
     inputs["X"][0, 3:6] = [0.0, -0.0, 0.0]     # positive/relu/equal at zero

@@ -55,7 +55,7 @@ def test_batch_halves_sum_to_whole():
 
 def _tiny(kernels_fwd=(), pre=(), post=()):
     bufs = {"A": Buffer("A", "float64", (2, 3), "T+1"), "W": Buffer("W", "float64", (3, 3)),
-            "v": Buffer("v", "float64", (3,))}
+            "v": Buffer("v", "float64", (3,)), "u": Buffer("u", "float64", (3,))}
     return Program(bufs, list(pre), list(kernels_fwd), [], list(post), {"batch": 2})
 
 
@@ -66,6 +66,9 @@ def _tiny(kernels_fwd=(), pre=(), post=()):
     (Fused("f", ((Ref("nope", 0), "full"),), (), ()), "unknown buffer"),
     (Fused("f", ((Ref("A"), "full"),), (), (("in0", Ref("A", 1)),)), "disagree"),
     (Fused("f", ((Ref("A", 0, 2, 2), "full"),), (), ()), "column window"),
+    (Fused("f", ((Ref("A", 0, 0, 2), "full"),), (), (("in0", Ref("A", 0, 1, 2)),)), "overlaps"),
+    (Fused("f", ((Ref("A", 0), "full"), (Ref("v"), "row")), (), (),
+           colsums=(("in0", Ref("v"), True),)), "also used"),
 ])
 def test_validate_names_the_problem(bad, msg):
     with pytest.raises(ValueError, match=msg):
@@ -81,9 +84,9 @@ def test_inplace_fused_reads_before_writes():
     # y = x + row, written over x in place, plus a colsum of the old values.
     prog = _tiny(pre=[Fused("f", ((Ref("A", "all"), "full"), (Ref("v"), "row")),
                             (("s", "add", ("in0", "in1"), ()),), (("s", Ref("A", "all")),),
-                            colsums=(("in0", Ref("v"), True),))])
+                            colsums=(("in0", Ref("u"), True),))])
     a = np.arange(18.0).reshape(3, 2, 3)
-    store = sched_numpy.execute(prog, 2, {"A": a, "v": np.ones(3)})
+    store = sched_numpy.execute(prog, 2, {"A": a, "v": np.ones(3), "u": np.ones(3)})
     np.testing.assert_array_equal(store["A"][:2].reshape(4, 3), a[:2].reshape(4, 3) + 1)
     np.testing.assert_array_equal(store["A"][2], a[2])
-    np.testing.assert_array_equal(store["v"][0, 0], 1 + a[:2].reshape(4, 3).sum(0))
+    np.testing.assert_array_equal(store["u"][0, 0], 1 + a[:2].reshape(4, 3).sum(0))
