@@ -65,6 +65,7 @@ def defop(name, fwd, rule, vjps=None, **kw) -> OpDef:
 class _Modes(threading.local):
     grad_enabled = True
     anomaly = False
+    in_vjp = False       # backward() is evaluating VJP rules (see _evaluating_vjps)
     recorders: list = []
 
     def __init__(self):
@@ -96,6 +97,17 @@ def detect_anomaly():
         yield
     finally:
         _modes.anomaly = prev
+
+
+@contextlib.contextmanager
+def _evaluating_vjps():
+    """While backward() runs VJP rules, a NaN/Inf they make is reported once, by the walk, as the
+    backward of the op the rule belongs to, not as the forward of a primitive the rule uses."""
+    prev, _modes.in_vjp = _modes.in_vjp, True
+    try:
+        yield
+    finally:
+        _modes.in_vjp = prev
 
 
 @dataclass
@@ -212,7 +224,8 @@ def bind(name: str, *args, **attrs):
     op.rule(*(t.aval for t in ts), **attrs)  # shape and dtype errors before numpy sees the data
     with np.errstate(all="ignore"):
         out = np.asarray(op.fwd(*(t.data for t in ts), **attrs))
-    if _modes.anomaly and out.dtype in FLOAT_DTYPES and not np.isfinite(out).all():
+    if (_modes.anomaly and not _modes.in_vjp and out.dtype in FLOAT_DTYPES
+            and not np.isfinite(out).all()):
         raise FloatingPointError(f"anomaly: forward of {name} produced NaN/Inf "
                                  f"(inputs {[t.shape for t in ts]}, attrs {attrs})")
     for rec in _modes.recorders:
@@ -289,7 +302,7 @@ def backward(root: Tensor, grad=None):
                          f"{root.shape} {root.dtype}")
     order = _toposort(root, lambda t: t.requires_grad)
     cts = {id(root): Tensor(grad)}
-    with no_grad():
+    with no_grad(), _evaluating_vjps():
         for t in reversed(order):
             g = cts.pop(id(t), None)
             if g is None:
