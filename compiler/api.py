@@ -1,0 +1,227 @@
+"""compiler.compile: any recurrent model -> a native program for forward and BPTT.
+
+Per layer and direction the step function is traced, differentiated with the tape's own VJP
+rules into one joint forward+backward graph, simplified, its products merged, placed into stages
+(hoisted, looped, contracted) and scheduled into fused kernels, then lowered to LLVM and
+JIT-compiled. Stacked and bidirectional models chain their layers in numpy (a copy per layer,
+never per time step).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import ir
+from .build import build, evaluate
+from .passes import simplify
+from .autodiff import vjp_graph
+from .passes.layout import pads_to_concat, sink_slices
+from .passes.loops import merge_matmuls
+from .program import ReferenceProgram
+from .stages import assign
+
+PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
+            "sink_slices", "stages", "schedule")
+
+
+def joint_graph(ld, dumps=None, tag=""):
+    """Optimized forward step, differentiated, with the forward outputs put in front of the
+    cotangent outputs: one graph for the whole training step of a layer-direction."""
+    def keep(name, G):
+        if dumps is not None:
+            dumps.setdefault(name, []).append(f"# {tag}\n{ir.dump(G)}")
+        return G
+    F = keep("simplify", simplify(ld.step.G))
+    F = keep("merge_matmuls", simplify(merge_matmuls(F)))
+    B = keep("autodiff", vjp_graph(F, ld.bwd.graph["wrt"]))
+    J = ir.copy_graph(B)
+    J.graph["outputs"] = list(F.graph["outputs"]) + list(B.graph["outputs"])
+    J = keep("simplify_joint", simplify(J))
+    J = keep("pads_to_concat", pads_to_concat(J))
+    J = keep("sink_slices", simplify(sink_slices(J)))
+    return J
+
+
+class _Layer:
+    """One layer-direction: the forward-only and the train (forward + BPTT) programs."""
+
+    def __init__(self, ld, B, T, options, dumps):
+        self.ld = ld
+        self.n_fwd = len(ld.step.G.graph["outputs"])
+        tag = f"layer {ld.layer} direction {ld.direction}"
+        self.params = list(ld.step.params)
+        J = joint_graph(ld, dumps, tag)
+        Jf = ir.copy_graph(J)
+        Jf.graph["outputs"] = J.graph["outputs"][:self.n_fwd]
+        Jf = simplify(Jf)
+        self.builds = {}
+        for mode, G in (("forward", Jf), ("train", J)):
+            stage, dep = assign(G, B, self.n_fwd, train=mode == "train")
+            self.builds[mode] = build(G, stage, dep, B, self.n_fwd, train=mode == "train")
+        self.runners = {m: options["make_runner"](b.program, T) for m, b in self.builds.items()}
+
+    def _inputs(self, built, params, xs, s0):
+        names = built.J.graph["names"]
+        env = {nid: params[names[nid]] for nid, r in built.J.graph["roles"].items()
+               if r == "param"}
+        vals = evaluate(built.J, list(built.inv.values()), env)
+        inputs = {name: v.reshape(built.program.buffers[name].shape)
+                  for name, v in zip(built.inv, vals)}
+        inputs["x"] = xs
+        for j, s in enumerate(s0):
+            inputs[f"s0_{j}"] = s
+        return inputs, env
+
+    def run(self, mode, params, xs, s0, d_out=None, d_sT=None):
+        built = self.builds[mode]
+        rev = self.ld.reverse
+        inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
+        if mode == "train":
+            inputs["d_out"] = d_out[::-1] if rev else d_out
+            for j, d in enumerate(d_sT):
+                inputs[f"d_sT_{j}"] = d
+        res = self.runners[mode](inputs)
+        o = built.outputs
+        buf, view = o["y"]
+        y = res[buf][1:] if view == "all+1" else res[buf]
+        y = y[::-1] if rev else y
+        state = [res[name][-1] for name in o["state"]]
+        if mode == "forward":
+            return np.array(y), [np.array(s) for s in state]
+        dx = None
+        if "d_x" in o:
+            dx = res[o["d_x"]][::-1] if rev else res[o["d_x"]]
+        d_s0 = [np.array(res[name][0]) for name in o["d_state"]]
+        for cnid, gname in built.grads.items():
+            env[cnid] = res[gname].reshape(ir.node(built.J, cnid).shape)
+        keys = list(o["d_params"])
+        vals = evaluate(built.J, [o["d_params"][k] for k in keys], env)
+        grads = {self.ld.names[k]: np.array(v) for k, v in zip(keys, vals)}
+        return (np.array(y), [np.array(s) for s in state], grads,
+                None if dx is None else np.array(dx), d_s0)
+
+
+class CompiledProgram(ReferenceProgram):
+    """forward(xs, state0) -> (out, state_T); vjp(xs, state0, d_out, d_state_T) ->
+    (param_grads keyed like model.parameters(), d_xs, d_state0). numpy in, numpy out; wrong
+    shapes or dtypes raise before any native code runs."""
+
+    def __init__(self, model, seq_len, batch, dtype=None, *, input_size=None, state=None,
+                 threads=1, unroll=False, backend="native", opt=3):
+        t0 = time.perf_counter()
+        super().__init__(model, seq_len, batch, dtype, input_size=input_size, state=state)
+        self.dumps = {}
+        self.options = {"threads": threads, "unroll": unroll, "backend": backend, "opt": opt}
+        self.options["make_runner"] = self._runner_factory()
+        self.compiled = [[_Layer(ld, self.B, self.T, self.options, self.dumps) for ld in row]
+                         for row in self.layers]
+        self.compile_seconds = time.perf_counter() - t0
+
+    def _runner_factory(self):
+        backend, opts = self.options["backend"], self.options
+        if backend == "numpy":
+            from .sched_numpy import execute, user_view
+
+            def make(prog, T):
+                def run(inputs):
+                    store = execute(prog, T, inputs)
+                    return {n: user_view(prog, store, n) for n in store}
+                return run
+            return make
+        if backend != "native":
+            raise ValueError(f"compile: backend must be 'native' or 'numpy', got {backend!r}")
+        from runtime.program import NativeProgram
+
+        def make(prog, T):
+            threads = opts["threads"] if prog.meta["batch"] >= 2 else 1
+            native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
+                                   opt=opts["opt"], threads=threads)
+            return lambda inputs: native.run(T, inputs, zero=True)
+        return make
+
+    # -- running
+    def _params(self, cl):
+        return {k: self.model.parameters()[cl.ld.names[k]].data if self.builtin
+                else cl.ld.rec.params[k].data for k in cl.params}
+
+    def _layers_forward(self, xs, s0, keep_inputs=False):
+        layer_in, finals, inputs = xs, [], []
+        for row in self.compiled:
+            outs = []
+            for cl in row:
+                k = cl.ld.layer * len(row) + cl.ld.direction
+                y, s = cl.run("forward", self._params(cl), layer_in, self._per_layerdir(s0, k))
+                outs.append(y)
+                finals.append(s)
+                inputs.append(layer_in)
+            layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
+        return layer_in, finals, inputs
+
+    def forward(self, xs, state0=None):
+        xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
+        out, finals, _ = self._layers_forward(xs, s0)
+        if self.builtin and self.model.batch_first:
+            out = np.swapaxes(out, 0, 1)
+        return out, self._pack_state(finals)
+
+    def vjp(self, xs, state0, d_out, d_state_T=None):
+        xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
+        d_out = self._d_out(d_out)
+        d_sT = self._state_leaves("d_state_T", d_state_T)
+        if len(self.compiled) == 1 and len(self.compiled[0]) == 1:
+            layer_inputs = [xs]   # one layer: its train program runs the forward itself
+        else:
+            _, _, layer_inputs = self._layers_forward(xs, s0)
+        grads, d_layer_out = {}, d_out
+        d_s0 = [None] * len(layer_inputs)
+        for row in reversed(self.compiled):
+            d_in, off = None, 0
+            for cl in row:
+                k = cl.ld.layer * len(row) + cl.ld.direction
+                width = ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1]
+                _, _, g, dx, d_s0[k] = cl.run("train", self._params(cl), layer_inputs[k],
+                                              self._per_layerdir(s0, k),
+                                              np.ascontiguousarray(d_layer_out[..., off:off + width]),
+                                              self._per_layerdir(d_sT, k))
+                off += width
+                for name, v in g.items():
+                    grads[name] = grads[name] + v if name in grads else v
+                if dx is not None:
+                    d_in = dx if d_in is None else d_in + dx
+            d_layer_out = d_in
+        if self.builtin and self.model.batch_first and d_layer_out is not None:
+            d_layer_out = np.swapaxes(d_layer_out, 0, 1)
+        return grads, d_layer_out, self._pack_state(d_s0)
+
+    def _d_out(self, d_out):
+        from graphgrad.core import AVal
+        from .program import _arr, _check
+        d_out = _arr(d_out)
+        if self.builtin and self.model.batch_first and d_out.ndim == 3:
+            d_out = np.swapaxes(d_out, 0, 1)
+        width = sum(ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1] for cl in self.compiled[-1])
+        return _check("d_out", d_out, AVal((self.T, self.B, width), self.dtype))
+
+    # -- inspection
+    def programs(self, mode="train"):
+        return [cl.builds[mode] for row in self.compiled for cl in row]
+
+    def dump(self, pass_name="schedule"):
+        """Text of the IR after a pass (see PIPELINE), or of the scheduled kernels."""
+        if pass_name in ("trace",):
+            return "\n\n".join(ir.dump(cl.ld.step.G) for row in self.compiled for cl in row)
+        if pass_name in self.dumps:
+            return "\n\n".join(self.dumps[pass_name])
+        if pass_name in ("stages", "schedule"):
+            from .report import schedule_text
+            return "\n\n".join(schedule_text(b, with_stages=pass_name == "stages")
+                               for b in self.programs())
+        raise KeyError(f"dump: unknown pass {pass_name!r}; choose from {PIPELINE}")
+
+
+def compile(model, seq_len, batch, **options):
+    """Compile `model` (a graphgrad RNN/LSTM/GRU or Recurrent) for sequences of `seq_len` steps
+    and `batch` rows. Options: dtype, input_size= and state= (custom Recurrent), threads=1|2,
+    unroll=False, backend="native"|"numpy", opt=3."""
+    return CompiledProgram(model, seq_len, batch, **options)

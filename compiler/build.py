@@ -1,0 +1,428 @@
+"""From a layer's joint graph and its stages (stages.py) to a scheduled `Program`.
+
+Per stage, in topological order, matmuls become Gemms, column slices become Ref windows, and
+elementwise nodes gather into Fused kernels: a node joins the latest kernel of its stage with
+the same iteration space that comes after everything it reads. Values then get homes:
+  * step inputs: x -> "x" (T slots), state leaf j -> "S<j>" (T+1 slots: read slot t, the new
+    state is written to slot t+1), ct:y -> "d_out", ct:new_state[j] -> "DS<j>" slot t+1 and its
+    cotangent -> DS<j> slot t (so the reverse loop needs no copies);
+  * invariant values -> buffers filled by numpy before the call ("inv<n>");
+  * values read by another stage (saved for the reverse loop, hoisted products) -> T slots;
+  * values read only inside their own step and stage -> one scratch buffer, reused every step;
+  * values read only inside their own fused kernel -> registers (no buffer at all).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphgrad.core import PRIMITIVES
+
+from . import ir
+from .errors import CompileError
+from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref
+from .stages import is_col_view, is_contraction
+
+LOOP = {"fwd": "fwd_loop", "bwd": "bwd_loop"}
+STAGE_LIST = {"pre": "pre", "fwd": "fwd_loop", "bwd": "bwd_loop", "post": "post",
+              "contract": "post"}
+
+
+@dataclass
+class Home:
+    buf: str
+    off: int | None = None      # slot offset from the loop index; None: not time-indexed
+    col: int = 0
+    cols: int | None = None
+
+    def ref(self, stage):
+        if self.off is None:
+            return Ref(self.buf, None, self.col, self.cols)
+        if stage in ("pre", "post", "contract"):
+            return Ref(self.buf, "all" if self.off == 0 else "all+1", self.col, self.cols)
+        return Ref(self.buf, self.off, self.col, self.cols)
+
+
+@dataclass
+class Built:
+    program: Program
+    J: object
+    stage: dict
+    inv: dict                      # buffer name -> node id computed in numpy before the run
+    grads: dict                    # contraction node id -> grad buffer name
+    outputs: dict                  # "y", "state", "d_x", "d_state", "d_params" -> where to read
+    report: dict = field(default_factory=dict)
+
+
+class _Builder:
+    def __init__(self, J, stage, dep, batch, n_fwd, train):
+        self.J, self.stage, self.dep, self.B = J, stage, dep, batch
+        self.n_fwd, self.train = n_fwd, train
+        self.dt = None
+        self.homes, self.bufs, self.inv, self.grads = {}, {}, {}, {}
+        self.kernels = {s: [] for s in ("pre", "fwd_loop", "bwd_loop", "post")}
+        self.groups = []          # [stage, kind, nodes]  (kind: fused | gemm | colsum | copy)
+        self.group_of = {}
+        self.inits = []
+
+    # ---------------------------------------------------------------- helpers
+    def node(self, nid):
+        return ir.node(self.J, nid)
+
+    def args(self, nid):
+        return ir.args_of(self.J, nid)
+
+    def fail(self, nid, why):
+        n = self.node(nid)
+        raise CompileError(f"{n.op}: {why} (shape {list(n.shape)})", n.op, n.src)
+
+    def buffer(self, name, shape, steps=None, kind="temp"):
+        shape = tuple(int(s) for s in shape)
+        if name not in self.bufs:
+            self.bufs[name] = Buffer(name, self.dt, shape, steps, kind)
+        return name
+
+    def src_of(self, nid):
+        """Follow column views to the value that owns the storage."""
+        while self.stage.get(nid) not in (None, "inv") and is_col_view(self.node(nid)):
+            nid = self.args(nid)[0]
+        return nid
+
+    # ---------------------------------------------------------------- grouping
+    def group_nodes(self, order):
+        produced = {}     # nid -> group index that materializes it
+        for nid in order:
+            st = self.stage.get(nid)
+            if st in (None, "inv", "tail"):
+                continue
+            n = self.node(nid)
+            args = self.args(nid)
+            # kernels of other stages run in other lists: only same-stage producers order us
+            ready = max([produced[a] for a in args if a in produced and produced[a] >= 0 and
+                         self.groups[produced[a]][0] == STAGE_LIST[st]], default=-1)
+            if is_col_view(n):
+                produced[nid] = produced.get(args[0], -1)
+                continue
+            if n.op == "transpose" and all(
+                    is_contraction(self.J, u, self.dep, self.B) and self.args(u)[0] == nid
+                    for u in self.J.successors(nid)):
+                produced[nid] = produced.get(args[0], -1)   # read transposed by the Gemm
+                continue
+            if is_contraction(self.J, nid, self.dep, self.B):
+                kind = "gemm" if n.op == "matmul" else "colsum"
+            elif n.op == "matmul":
+                if not self.dep[args[0]] or self.dep[args[1]]:
+                    self.fail(nid, "only (per-step value) @ (parameter-derived matrix) products "
+                                   "and batch contractions can be lowered")
+                kind = "gemm"
+            elif n.op == "concat":
+                if ir.thaw_attrs(n)["axis"] != 1 or len(n.shape) != 2:
+                    self.fail(nid, "concat is lowered along the feature axis of (batch, features)"
+                                   " values only")
+                kind = "concat"
+            elif PRIMITIVES[n.op].kind == "elementwise":
+                kind = "fused"
+            elif n.op == "pad_into" and len(n.shape) == 2:
+                kind = "pad"
+            else:
+                self.fail(nid, f"no native lowering for a per-step {n.op} here")
+            if len(n.shape) != 2 and kind != "colsum":
+                self.fail(nid, "native lowering works on (batch, features) values")
+            gi = None
+            if kind == "fused":
+                dom = self.domain(nid)
+                for k in range(len(self.groups) - 1, ready - 1, -1):
+                    g = self.groups[k]
+                    if g[0] != STAGE_LIST[st]:
+                        continue
+                    if g[1] == "fused" and self.domain(g[2][0]) == dom:
+                        gi = k
+                        break
+                    if g[1] != "fused" and g[0] == STAGE_LIST[st]:
+                        break   # never hoist a kernel above a product of its own stage
+            if gi is None:
+                self.groups.append([STAGE_LIST[st], kind, []])
+                gi = len(self.groups) - 1
+            self.groups[gi][2].append(nid)
+            self.group_of[nid] = gi
+            produced[nid] = gi
+
+    def domain(self, nid):
+        return tuple(self.node(nid).shape)
+
+    # ---------------------------------------------------------------- homes
+    def needs_home(self, nid):
+        """Read outside its own kernel (another kernel, another stage, a view) or an output."""
+        if nid in self.J.graph["outputs"]:
+            return True
+        g = self.group_of.get(nid)
+        for u in self.J.successors(nid):
+            if u in self.stage and (self.group_of.get(u) != g or is_col_view(self.node(u))):
+                return True
+            if u in self.stage and self.groups[g][1] != "fused":
+                return True
+        return False
+
+    def crosses(self, nid):
+        """Read by a different stage (or, for forward values, by the reverse loop)."""
+        st = STAGE_LIST.get(self.stage.get(nid))
+        for u in self.J.successors(nid):
+            su = self.stage.get(u)
+            if su is None or su == "inv":
+                continue
+            if is_col_view(self.node(u)) and self.crosses(u):
+                return True
+            if STAGE_LIST.get(su, su) != st:
+                return True
+        return False
+
+    def assign_homes(self, order):
+        roles, names, G = self.J.graph["roles"], self.J.graph["names"], self.J.graph
+        for nid in G["inputs"]:
+            n, role, name = self.node(nid), roles[nid], names[nid]
+            if role == "x":
+                self.homes[nid] = Home(self.buffer("x", n.shape, "T", "input"), 0)
+            elif role == "state":
+                j = int(name.split("[")[1].rstrip("]"))
+                self.homes[nid] = Home(self.buffer(f"S{j}", n.shape, "T+1", "output"), 0)
+                self.buffer(f"s0_{j}", n.shape, None, "input")
+                self.inits.append(Copy(Ref(f"S{j}", "first"), Ref(f"s0_{j}")))
+            elif role == "ct" and name == "ct:y":
+                self.homes[nid] = Home(self.buffer("d_out", n.shape, "T", "input"), 0)
+            elif role == "ct":
+                j = int(name.split("[")[1].rstrip("]"))
+                self.homes[nid] = Home(self.buffer(f"DS{j}", n.shape, "T+1", "output"), 1)
+                self.buffer(f"d_sT_{j}", n.shape, None, "input")
+                self.inits.append(Copy(Ref(f"DS{j}", "last"), Ref(f"d_sT_{j}")))
+        # invariant values read by native kernels
+        for nid in order:
+            if self.stage.get(nid) != "inv" and not (nid in roles and roles[nid] == "param"):
+                continue
+            if any(self.stage.get(u) not in (None, "inv", "tail") for u in self.J.successors(nid)):
+                n = self.node(nid)
+                if n.op == "const" and n.shape == ():
+                    continue      # a literal in the kernel body
+                name = self.buffer(f"inv{nid}", n.shape if len(n.shape) != 0 else (1,),
+                                   None, "input")
+                self.inv[name] = nid
+                self.homes[nid] = Home(name)
+        self.force_outputs()
+        # concat operands written in place
+        for nid in order:
+            n = self.node(nid)
+            if self.stage.get(nid) in (None, "inv", "tail") or n.op != "concat":
+                continue
+            home = self.homes.get(nid) or self.fresh(nid)
+            self.homes[nid] = home
+            col = home.col
+            for a in self.args(nid):
+                w = self.node(a).shape[1]
+                if (a not in self.homes and self.group_of.get(a) is not None and
+                        len(list(self.J.successors(a))) == 1 and a not in self.J.graph["outputs"]
+                        and self.stage.get(a) == self.stage.get(nid)):
+                    self.homes[a] = Home(home.buf, home.off, col, w)
+                col += w
+        for nid in order:
+            st = self.stage.get(nid)
+            if st in (None, "inv", "tail") or nid in self.homes:
+                continue
+            n = self.node(nid)
+            if is_col_view(n):
+                continue
+            if st == "contract" or (st == "bwd" and is_contraction(self.J, nid, self.dep, self.B)):
+                shape = n.shape if n.op == "matmul" else (int(np.prod(n.shape)),)
+                name = self.buffer(f"g{nid}", shape, None, "grad")
+                self.grads[nid] = name
+                self.homes[nid] = Home(name)
+                if st == "bwd":
+                    self.inits.append(Fill(Ref(name), 0.0))
+            elif self.needs_home(nid):
+                self.homes[nid] = self.fresh(nid)
+
+    def fresh(self, nid):
+        n, st = self.node(nid), self.stage[nid]
+        if st in ("pre", "post") or self.crosses(nid):
+            return Home(self.buffer(f"v{nid}", n.shape, "T"), 0)
+        return Home(self.buffer(f"v{nid}", n.shape))
+
+    def force_outputs(self):
+        outs, wrt = self.J.graph["outputs"], self.J.graph.get("wrt", [])
+        roles, names = self.J.graph["roles"], self.J.graph["names"]
+        self.out_copies = {"fwd_loop": [], "bwd_loop": [], "post": []}
+        self.outputs = {"state": [], "d_state": [], "d_params": {}}
+        y = outs[0]
+        for j, o in enumerate(outs[1:self.n_fwd]):
+            self.place(o, Home(f"S{j}", 1), "fwd")
+            self.outputs["state"].append(f"S{j}")
+        states = outs[1:self.n_fwd]
+        if y in states:
+            self.outputs["y"] = ("S%d" % states.index(y), "all+1")
+        else:
+            self.buffer("Y", self.node(y).shape, "T", "output")
+            self.place(y, Home("Y", 0), "fwd")
+            self.outputs["y"] = ("Y", "all")
+        if not self.train:
+            return
+        for o, w in zip(outs[self.n_fwd:], wrt):
+            role = roles[w]
+            if role == "state":
+                j = int(names[w].split("[")[1].rstrip("]"))
+                self.place(o, Home(f"DS{j}", 0), "bwd")
+                self.outputs["d_state"].append(f"DS{j}")
+            elif role == "x":
+                self.buffer("DX", self.node(o).shape, "T", "output")
+                self.place(o, Home("DX", 0), "bwd" if self.stage.get(o) == "bwd" else "post")
+                self.outputs["d_x"] = "DX"
+            else:
+                self.outputs["d_params"][names[w]] = o
+
+    def place(self, nid, home, loop_stage):
+        """Make `nid`'s value land in `home`: computed straight into it when it is produced in
+        that stage, else copied there at the end of the stage."""
+        st = self.stage.get(nid)
+        if st == loop_stage and nid not in self.homes and not is_col_view(self.node(nid)):
+            self.homes[nid] = home
+            return
+        self.out_copies[STAGE_LIST[loop_stage]].append((nid, home))
+
+    # ---------------------------------------------------------------- emission
+    def ref(self, nid, stage):
+        if nid in self.homes:
+            return self.homes[nid].ref(stage)
+        n = self.node(nid)
+        if is_col_view(n):
+            r = self.ref(self.args(nid)[0], stage)
+            idx = ir.thaw_attrs(n)["index"]
+            if len(idx) == 1:
+                return r
+            sl = idx[1]
+            lo, hi, _ = sl.indices(self.node(self.args(nid)[0]).shape[1])
+            return Ref(r.buf, r.t, r.col + lo, hi - lo)
+        raise AssertionError(f"value %{nid} ({n.op}) has no storage")
+
+    def literal(self, nid):
+        n = self.node(nid)
+        if n.op == "const" and int(np.prod(n.shape, dtype=np.int64)) == 1 and nid not in self.homes:
+            return float(ir.const_value(n).reshape(()))
+        return None
+
+    def emit(self):
+        for gi, (stage, kind, nodes) in enumerate(self.groups):
+            ks = self.kernels[stage]
+            st = "pre" if stage == "pre" else ("post" if stage == "post" else stage[:3])
+            if kind == "gemm":
+                nid = nodes[0]
+                a, b = self.args(nid)
+                if is_contraction(self.J, nid, self.dep, self.B):
+                    ks.append(Gemm(self.ref(nid, st), self.ref(self.args(a)[0], st),
+                                   self.ref(b, st), trans_a=True, accumulate=stage == "bwd_loop"))
+                else:
+                    ks.append(Gemm(self.ref(nid, st), self.ref(a, st), self.ref(b, st)))
+            elif kind == "colsum":
+                nid = nodes[0]
+                ks.append(Fused(f"colsum{nid}", ((self.ref(self.args(nid)[0], st), "full"),), (),
+                                (), ((("in0", self.ref(nid, st), stage == "bwd_loop")),),
+                                (nid,)))
+            elif kind in ("concat", "pad"):
+                nid = nodes[0]
+                out = self.ref(nid, st)
+                if kind == "pad":
+                    ks.append(Fill(out, 0.0))
+                    lo, hi, _ = ir.thaw_attrs(self.node(nid))["index"][1].indices(
+                        self.node(nid).shape[1])
+                    ks.append(Copy(Ref(out.buf, out.t, out.col + lo, hi - lo),
+                                   self.ref(self.args(nid)[0], st)))
+                    continue
+                col = out.col
+                for a in self.args(nid):
+                    w = self.node(a).shape[1]
+                    win = Ref(out.buf, out.t, col, w)
+                    if self.ref(a, st) != win:
+                        ks.append(Copy(win, self.ref(a, st)))
+                    col += w
+            else:
+                ks.append(self.fused(gi, stage, st, nodes))
+        for stage, copies in self.out_copies.items():
+            st = "post" if stage == "post" else stage[:3]
+            for nid, home in copies:
+                lit = self.literal(nid)
+                if lit is not None:
+                    self.kernels[stage].append(Fill(home.ref(st), lit))
+                else:
+                    self.kernels[stage].append(Copy(home.ref(st), self.ref(nid, st)))
+        self.kernels["pre"][:0] = self.inits
+
+    def fused(self, gi, stage, st, nodes):
+        inputs, body, outputs = {}, [], []
+        members = set(nodes)
+        for nid in nodes:
+            n = self.node(nid)
+            names = []
+            for a in self.args(nid):
+                if a in members:
+                    names.append(f"v{a}")
+                    continue
+                lit = self.literal(a)
+                if lit is not None:
+                    names.append(lit)
+                    continue
+                an = self.node(a)
+                if tuple(an.shape) == tuple(n.shape):
+                    bc = "full"
+                elif int(np.prod(an.shape, dtype=np.int64)) == 1:
+                    bc = "scalar"
+                elif len(an.shape) <= 2 and an.shape[-1] == n.shape[-1] and \
+                        int(np.prod(an.shape[:-1], dtype=np.int64)) == 1:
+                    bc = "row"
+                else:
+                    self.fail(nid, f"operand of shape {list(an.shape)} broadcasts in a way the "
+                                   f"fused kernels do not support")
+                key = (self.ref(a, st), bc)
+                inputs.setdefault(key, f"in{len(inputs)}")
+                names.append(inputs[key])
+            body.append((f"v{nid}", n.op, tuple(names), n.attrs))
+            if nid in self.homes:
+                outputs.append((f"v{nid}", self.homes[nid].ref(st)))
+        ops = "_".join(dict.fromkeys(self.node(n).op for n in nodes))[:40]
+        return Fused(f"{stage}{gi}_{ops}", tuple(inputs), tuple(body), tuple(outputs), (),
+                     tuple(nodes))
+
+
+def evaluate(J, targets, env):
+    """Values of `targets` by the primitives' numpy forwards; env holds inputs (node id -> array)."""
+    env = dict(env)
+
+    def val(nid):
+        if nid not in env:
+            n = ir.node(J, nid)
+            if n.op == "const":
+                env[nid] = ir.const_value(n)
+            elif n.op == "input":
+                raise KeyError(f"input %{nid} ({J.graph['names'].get(nid)}) was not given")
+            else:
+                env[nid] = np.asarray(PRIMITIVES[n.op].fwd(*[val(a) for a in ir.args_of(J, nid)],
+                                                           **ir.thaw_attrs(n)))
+        return env[nid]
+    return [val(t) for t in targets]
+
+
+def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
+    b = _Builder(J, stage, dep, batch, n_fwd, train)
+    b.dt = ir.node(J, J.graph["outputs"][0]).dtype
+    order = ir.order(J)
+    b.group_nodes(order)
+    b.assign_homes(order)
+    b.emit()
+    prog = Program(b.bufs, b.kernels["pre"], b.kernels["fwd_loop"], b.kernels["bwd_loop"],
+                   b.kernels["post"], {"batch": batch})
+    itemsize = np.dtype(b.dt).itemsize
+    saved = sum(int(np.prod(buf.shape)) * itemsize for buf in b.bufs.values()
+                if buf.steps and buf.kind == "temp")
+    report = {"saved_bytes_per_step": saved,
+              "buffers": len(b.bufs),
+              "fused_kernels": sum(isinstance(k, Fused) and bool(k.body)
+                                   for _, k in prog.kernels()),
+              "gemms_per_step": sum(isinstance(k, Gemm) for s, k in prog.kernels()
+                                    if s in ("fwd_loop", "bwd_loop"))}
+    return Built(prog, J, stage, b.inv, b.grads, b.outputs, report)

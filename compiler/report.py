@@ -1,0 +1,51 @@
+"""Human-readable views of a scheduled layer: kernels per stage, fusion, memory."""
+from __future__ import annotations
+
+from . import ir
+from .schedule import Copy, Fill, Fused, Gemm
+
+
+def _ref(r):
+    t = "" if r.t is None else f"[{r.t}]" if isinstance(r.t, str) else f"[t{r.t:+d}]"
+    w = "" if r.col == 0 and r.cols is None else f"[:, {r.col}:{'' if r.cols is None else r.col + r.cols}]"
+    return f"{r.buf}{t}{w}"
+
+
+def kernel_text(k, J=None):
+    if isinstance(k, Gemm):
+        a = _ref(k.a) + (".T" if k.trans_a else "")
+        b = _ref(k.b) + (".T" if k.trans_b else "")
+        return f"{_ref(k.out)} {'+=' if k.accumulate else '='} {a} @ {b}"
+    if isinstance(k, Copy):
+        return f"{_ref(k.out)} = {_ref(k.src)}"
+    if isinstance(k, Fill):
+        return f"{_ref(k.out)} = {k.value}"
+    if isinstance(k, Fused):
+        ins = ", ".join(f"{n}={_ref(r)}{'' if bc == 'full' else '(' + bc + ')'}"
+                        for n, (r, bc) in zip([f"in{i}" for i in range(len(k.inputs))], k.inputs))
+        lines = [f"fused {k.name}({ins})"]
+        for dst, op, args, _ in k.body:
+            lines.append(f"    {dst} = {op}({', '.join(map(str, args))})")
+        for loc, r in k.outputs:
+            lines.append(f"    {_ref(r)} <- {loc}")
+        for loc, r, acc in k.colsums:
+            lines.append(f"    {_ref(r)} {'+=' if acc else '='} colsum({loc})")
+        return "\n".join(lines)
+    return repr(k)
+
+
+def schedule_text(built, with_stages=False):
+    p = built.program
+    out = []
+    if with_stages:
+        for nid in ir.order(built.J):
+            if nid in built.stage:
+                n = ir.node(built.J, nid)
+                out.append(f"%{nid:<5} {built.stage[nid]:<9} {n}")
+    out.append("buffers: " + ", ".join(f"{b.name}{list(b.shape)}{'x' + b.steps if b.steps else ''}"
+                                        for b in p.buffers.values()))
+    for stage in ("pre", "fwd_loop", "bwd_loop", "post"):
+        out.append(f"-- {stage}")
+        out += ["  " + kernel_text(k).replace("\n", "\n  ") for k in getattr(p, stage)]
+    out.append(f"-- report: {built.report}")
+    return "\n".join(out)

@@ -1,0 +1,177 @@
+"""Where each node of a layer's joint forward+backward graph runs.
+
+The joint graph J has the step's inputs (params, x, state leaves, and the cotangents ct:y and
+ct:new_state[i]) and as outputs the step's outputs followed by the cotangents of params, x and
+state. Each live node gets one stage:
+
+  inv        depends on parameters and constants only: computed once per call, in numpy
+             (parameter-sized: transposed or packed weights)
+  pre        forward, independent of the state, and row-mappable: runs once over all T*B rows
+             (the input projection x @ W_ih^T and its bias add)
+  fwd        the rest of the forward step: the time loop
+  bwd        the reverse loop: everything the state cotangent's recurrence needs
+  post       backward work off that recurrence, row-mappable: once over T*B rows (d_x = dG @ W)
+  contract   sums over t of per-step contractions over the batch axis (A_t^T @ G_t, column sums):
+             one product over T*B rows after the loop; in the loop they accumulate
+  tail       parameter-sized linear work after a contraction (transposes, slices of packed
+             gradients): in numpy after the native call, since sum_t f(C_t) = f(sum_t C_t)
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from graphgrad.core import PRIMITIVES
+
+from . import ir
+from .errors import CompileError
+
+# Linear maps that commute with the sum over time steps.
+LINEAR = {"transpose", "reshape", "add", "sub", "neg", "getitem", "pad_into", "concat",
+          "broadcast_to", "sum", "stop_gradient"}
+
+
+def deps(J):
+    """nid -> frozenset of dependency kinds among {"x", "state", "cty", "cts"}."""
+    roles, names = J.graph["roles"], J.graph["names"]
+    out = {}
+    for nid in ir.order(J):
+        if nid in roles:
+            r = roles[nid]
+            kind = {"x": "x", "state": "state", "param": None}.get(r)
+            if r == "ct":
+                kind = "cty" if names.get(nid) == "ct:y" else "cts"
+            out[nid] = frozenset([kind]) if kind else frozenset()
+        else:
+            out[nid] = frozenset().union(*(out[a] for a in ir.args_of(J, nid)))
+    return out
+
+
+def is_col_view(n) -> bool:
+    """getitem taking a column window of a 2-d value: a Ref window, no kernel."""
+    if n.op != "getitem" or len(n.shape) != 2:
+        return False
+    idx = ir.thaw_attrs(n)["index"]
+    if len(idx) == 1:
+        return isinstance(idx[0], slice) and idx[0] == slice(None)
+    return (len(idx) == 2 and idx[0] == slice(None) and isinstance(idx[1], slice)
+            and idx[1].step in (None, 1))
+
+
+def is_contraction(J, nid, dep, batch) -> bool:
+    """A per-step reduction over the batch axis: transpose(A_t) @ G_t or sum(G_t, axis=0)."""
+    n = ir.node(J, nid)
+    args = ir.args_of(J, nid)
+    if n.op == "matmul" and len(n.shape) == 2:
+        a, b = args
+        an, bn = ir.node(J, a), ir.node(J, b)
+        return (an.op == "transpose" and an.shape[-1] == batch and bn.shape[0] == batch and
+                len(bn.shape) == 2 and bool(dep[a]) and bool(dep[b]))
+    if n.op == "sum":
+        src = ir.node(J, args[0])
+        return (ir.thaw_attrs(n)["axis"] == (0,) and len(src.shape) == 2 and
+                src.shape[0] == batch and bool(dep[args[0]]))
+    return False
+
+
+def row_mappable(J, nid, dep, batch) -> bool:
+    """Can the node run on the T steps stacked as T*B rows with the same attributes?"""
+    n = ir.node(J, nid)
+    if len(n.shape) != 2 or n.shape[0] != batch:
+        return False
+    args = ir.args_of(J, nid)
+    if n.op == "matmul":
+        return bool(dep[args[0]]) and not dep[args[1]] and ir.node(J, args[0]).shape[0] == batch
+    if is_col_view(n):
+        return True
+    if n.op == "concat":
+        return ir.thaw_attrs(n)["axis"] == 1 and all(dep[a] for a in args)
+    if PRIMITIVES[n.op].kind == "elementwise":
+        # per-step operands must be full (B, N); invariant ones rows or scalars
+        return all((dep[a] and ir.node(J, a).shape == n.shape) or
+                   (not dep[a] and len(ir.node(J, a).shape) < 2) for a in args)
+    return False
+
+
+def assign(J, batch, n_fwd_outputs, train=True):
+    """nid -> stage for every live non-input node of J (see the module docstring)."""
+    dep = deps(J)
+    outs = J.graph["outputs"]
+    targets = outs if train else outs[:n_fwd_outputs]
+    live = set(targets).union(*(nx.ancestors(J, o) for o in targets))
+    order = [n for n in ir.order(J) if n in live and ir.node(J, n).op != "input"]
+    stage = {}
+    for nid in order:
+        if not dep[nid]:
+            stage[nid] = "inv"
+    # forward: hoist matmuls on x (and bias adds on them) before the loop
+    for nid in order:
+        d = dep[nid]
+        if nid in stage or d & {"cty", "cts"}:
+            continue
+        n = ir.node(J, nid)
+        args = ir.args_of(J, nid)
+        hoist = False
+        if "state" not in d and row_mappable(J, nid, dep, batch):
+            src_ok = all(stage.get(a) in ("inv", "pre") or not dep[a] or
+                         J.graph["roles"].get(a) == "x" for a in args)
+            if n.op == "matmul" or is_col_view(n):
+                hoist = src_ok
+            elif n.op == "add":
+                hoist = src_ok and any(stage.get(a) == "pre" for a in args)
+        stage[nid] = "pre" if hoist else "fwd"
+    if not train:
+        return stage, dep
+    # Forward values only the backward reads (1 - a*a for tanh', ...) are recomputed in the
+    # reverse loop from the saved activations instead of being saved themselves.
+    fwd_targets = outs[:n_fwd_outputs]
+    fwd_live = set(fwd_targets).union(*(nx.ancestors(J, o) for o in fwd_targets))
+    for nid in order:
+        if stage.get(nid) == "fwd" and nid not in fwd_live:
+            del stage[nid]
+    bwd_nodes = [n for n in order if n not in stage]   # incl. the recomputed forward values
+    wrt = J.graph.get("wrt", [])
+    d_state_outs = [o for o, w in zip(outs[n_fwd_outputs:], wrt)
+                    if J.graph["roles"].get(w) == "state"]
+    loop = set()
+    forced = set(o for o in d_state_outs if o in bwd_nodes)
+    while True:
+        loop = set(forced)
+        for o in forced:
+            loop |= {a for a in nx.ancestors(J, o) if a in bwd_nodes and stage.get(a) is None}
+        placed, summed = {}, set()   # summed: values that are sums over t (param-sized)
+        fallback = set()
+        for nid in bwd_nodes:
+            n = ir.node(J, nid)
+            args = ir.args_of(J, nid)
+            if is_contraction(J, nid, dep, batch):
+                summed.add(nid)
+                placed[nid] = "bwd" if nid in loop else "contract"
+            elif nid in loop:
+                placed[nid] = "bwd"
+            elif args and all(a in summed or stage.get(a) == "inv" for a in args) \
+                    and any(a in summed for a in args) and n.op in LINEAR:
+                summed.add(nid)
+                placed[nid] = "tail"
+            elif row_mappable(J, nid, dep, batch) and not any(a in summed for a in args):
+                placed[nid] = "post"
+            else:
+                fallback.add(nid)
+        if not fallback - forced:
+            break
+        forced |= fallback
+    for nid, s in placed.items():
+        stage[nid] = s
+    _check_tail(J, stage)
+    return stage, dep
+
+
+def _check_tail(J, stage):
+    for nid, s in stage.items():
+        if s != "tail":
+            continue
+        for u in J.successors(nid):
+            if stage.get(u) not in ("tail", None):
+                n = ir.node(J, u)
+                raise CompileError(f"{n.op}: a per-step value depends on a parameter gradient "
+                                   f"sum; this step function cannot be compiled to a loop",
+                                   n.op, n.src)
