@@ -309,9 +309,9 @@ def test_fit_batch_on_a_regressor():
 
 
 def test_char_lm_loss_falls_on_a_tiny_budget():
-    """~6 s of tape training (3 passes over 20k characters of pydoc text, 93 updates): the mean
-    loss of the last 10 updates is at least 1.0 nat below the first 10 (measured: 1.2; a uniform
-    guess is ln V ~ 4.4 nats, the character unigram entropy ~3.0)."""
+    """~6 s of tape training (3 passes over 20k characters of pydoc text, 96 updates): the mean
+    loss of the last 10 updates is at least 1.0 nat below the first 10 (measured: 3.69 -> 2.53,
+    a fall of 1.16; a uniform guess is ln V ~ 4.4 nats, the letter-frequency model ~3.0)."""
     text = data.pydoc_text(20_000)
     vocab = data.CharVocab(text)
     model = gg.LanguageModel(vocab.size, 32, cell="lstm", seed=0)
