@@ -118,7 +118,8 @@ def main(argv=None):
     if args.worker:
         return worker(args.threads[0], args.cells, args.configs, args.peers, args.repeats)
     if args.quick:
-        args.configs, args.threads, args.repeats = CONFIGS[:1], [1], 10
+        args.configs = args.configs if "--configs" in (argv or sys.argv) else CONFIGS[:1]
+        args.threads, args.repeats = [1], 10
     from fma_peak import fma_peak_gflops
     peak1 = fma_peak_gflops()
     print(f"float32 FMA peak, one core: {peak1:.1f} GFLOP/s", file=sys.stderr)

@@ -70,6 +70,11 @@ def is_contraction(J, nid, dep, batch) -> bool:
         src = ir.node(J, args[0])
         return (ir.thaw_attrs(n)["axis"] == (0,) and len(src.shape) == 2 and
                 src.shape[0] == batch and bool(dep[args[0]]))
+    if n.op == "reshape" and batch == 1:
+        # with one row, simplify turns the batch sum into a reshape (1, N) -> (N,)
+        src = ir.node(J, args[0])
+        return len(src.shape) == 2 and src.shape[0] == 1 and n.shape == src.shape[1:] and \
+            bool(dep[args[0]])
     return False
 
 
