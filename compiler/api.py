@@ -59,7 +59,9 @@ class _Layer:
         for mode, G in (("forward", Jf), ("train", J)):
             stage, dep = assign(G, B, self.n_fwd, train=mode == "train")
             self.builds[mode] = build(G, stage, dep, B, self.n_fwd, train=mode == "train")
-        self.runners = {m: options["make_runner"](b.program, T) for m, b in self.builds.items()}
+        self.runners, self.natives = {}, {}
+        for m, b in self.builds.items():
+            self.runners[m], self.natives[m] = options["make_runner"](b.program, T)
 
     def _inputs(self, built, params, xs, s0):
         names = built.J.graph["names"]
@@ -127,7 +129,7 @@ class CompiledProgram(ReferenceProgram):
                 def run(inputs):
                     store = execute(prog, T, inputs)
                     return {n: user_view(prog, store, n) for n in store}
-                return run
+                return run, None
             return make
         if backend != "native":
             raise ValueError(f"compile: backend must be 'native' or 'numpy', got {backend!r}")
@@ -137,7 +139,7 @@ class CompiledProgram(ReferenceProgram):
             threads = opts["threads"] if prog.meta["batch"] >= 2 else 1
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
                                    opt=opts["opt"], threads=threads)
-            return lambda inputs: native.run(T, inputs, zero=True)
+            return (lambda inputs: native.run(T, inputs, zero=True)), native
         return make
 
     # -- running
@@ -206,6 +208,34 @@ class CompiledProgram(ReferenceProgram):
     # -- inspection
     def programs(self, mode="train"):
         return [cl.builds[mode] for row in self.compiled for cl in row]
+
+    @property
+    def graph(self):
+        """The joint forward+backward networkx IR of the first layer (see `graphs` for all)."""
+        return self.graphs[0]
+
+    @property
+    def graphs(self):
+        return [b.J for b in self.programs("train")]
+
+    def _natives(self, mode):
+        ns = [cl.natives[mode] for row in self.compiled for cl in row]
+        if any(n is None for n in ns):
+            raise RuntimeError("LLVM IR and assembly exist only for backend='native'")
+        return ns
+
+    def llvm_ir(self, mode="train"):
+        return "\n\n".join(n.lowered.ir_text for n in self._natives(mode))
+
+    @property
+    def asm(self):
+        from runtime.jit import emit_asm
+        return "\n\n".join(emit_asm(n.lowered.ir_text, self.options["opt"])
+                            for n in self._natives("train"))
+
+    def fusion_report(self):
+        from .report import fusion_report
+        return fusion_report(self)
 
     def dump(self, pass_name="schedule"):
         """Text of the IR after a pass (see PIPELINE), or of the scheduled kernels."""

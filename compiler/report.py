@@ -49,3 +49,35 @@ def schedule_text(built, with_stages=False):
         out += ["  " + kernel_text(k).replace("\n", "\n  ") for k in getattr(p, stage)]
     out.append(f"-- report: {built.report}")
     return "\n".join(out)
+
+
+def fusion_report(prog) -> str:
+    """Which primitive ops went into which kernel, matmuls per step before and after, memory."""
+    out = []
+    for cl, built in zip([c for row in prog.compiled for c in row], prog.programs("train")):
+        step = cl.ld.step.G
+        mm_fwd = sum(ir.node(step, n).op == "matmul" for n in step.nodes)
+        J = built.J
+        p = built.program
+        per_step = {s: sum(isinstance(k, Gemm) for k in getattr(p, s))
+                    for s in ("fwd_loop", "bwd_loop")}
+        out.append(f"layer {cl.ld.layer} direction {cl.ld.direction}: traced step has {mm_fwd} "
+                   f"matmuls; after merging and hoisting the forward loop runs "
+                   f"{per_step['fwd_loop']} product(s) per step and the reverse loop "
+                   f"{per_step['bwd_loop']}")
+        out.append(f"  saved for the reverse pass: {built.report['saved_bytes_per_step']} bytes "
+                   f"per step; {len(p.buffers)} buffers")
+        for stage in ("pre", "fwd_loop", "bwd_loop", "post"):
+            for k in getattr(p, stage):
+                if isinstance(k, Fused) and k.body:
+                    ops = [ir.node(J, n).op for n in k.sources if n in J]
+                    counts = {o: ops.count(o) for o in dict.fromkeys(ops)}
+                    desc = ", ".join(f"{o} x{c}" if c > 1 else o for o, c in counts.items())
+                    extra = f" + {len(k.colsums)} column-sum epilogue(s)" if k.colsums else ""
+                    out.append(f"  {stage:<9} {k.name}: {len(k.sources)} ops fused ({desc}){extra}")
+                elif isinstance(k, Fused) and k.colsums:
+                    out.append(f"  {stage:<9} {k.name}: column sums (bias gradients) over "
+                               f"{'all T*B rows' if stage in ('pre', 'post') else 'B rows'}")
+                elif isinstance(k, Gemm):
+                    out.append(f"  {stage:<9} gemm {kernel_text(k)}")
+    return "\n".join(out)

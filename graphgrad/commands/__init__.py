@@ -1,9 +1,11 @@
-"""Implementations of the `graphgrad train`, `sample` and `gradcheck` subcommands.
+"""Implementations of the `graphgrad train`, `sample`, `gradcheck`, `compile` and `bench`
+subcommands.
 
 Each module has HELP (one line), add_arguments(parser) and run(args) -> exit code; graphgrad/cli.py
 registers them. User-facing problems are raised as ValueError / OSError, which the CLI turns into
 one line on stderr.
 """
-from . import gradcheck, sample, train
+from . import bench, compile, gradcheck, sample, train
 
-MODULES = {"train": train, "sample": sample, "gradcheck": gradcheck}
+MODULES = {"train": train, "sample": sample, "gradcheck": gradcheck, "compile": compile,
+           "bench": bench}

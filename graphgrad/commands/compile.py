@@ -1,0 +1,60 @@
+"""`graphgrad compile`: compile a model and show what the compiler made of it."""
+import numpy as np
+
+from .common import positive_int
+
+HELP = "compile a built-in or custom model and dump its IR, schedule, LLVM IR or assembly"
+DUMPS = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
+         "sink_slices", "stages", "schedule", "report", "llvm", "asm", "ir")
+
+
+def add_arguments(p):
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="a function returning (model, example_state) for a custom Recurrent, or "
+                        "a built-in model; default: the built-in --cell")
+    p.add_argument("--cell", default="lstm", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"])
+    p.add_argument("--T", type=positive_int, default=100, help="sequence length (default 100)")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--input", type=positive_int, default=32)
+    p.add_argument("--hidden", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=1, choices=[1, 2])
+    p.add_argument("--dump", default="report", choices=DUMPS,
+                   help="ir = the joint graph after all graph passes; report = fusion report "
+                        "(default)")
+
+
+def run(args):
+    import compiler
+    import graphgrad as gg
+    from .gradcheck import load_function
+    kw = {}
+    if args.model:
+        made = load_function(args.model)()
+        model, state = made if isinstance(made, tuple) else (made, None)
+        if isinstance(model, gg.Recurrent):
+            if state is None:
+                raise ValueError(f"{args.model}: return (model, example_state) for a custom "
+                                 f"Recurrent")
+            first = state[0] if isinstance(state, tuple) else state
+            batch = np.shape(first)[0]
+            if batch != args.batch:
+                raise ValueError(f"{args.model}: the example state has {batch} rows, --batch is "
+                                 f"{args.batch}")
+            kw = {"input_size": args.input, "state": state}
+    else:
+        model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers,
+                            bidirectional=args.bidirectional, dtype=np.dtype(args.dtype))
+    prog = compiler.compile(model, args.T, args.batch, threads=args.threads, **kw)
+    if args.dump == "report":
+        print(prog.fusion_report())
+        print(f"compiled in {prog.compile_seconds:.2f} s")
+    elif args.dump == "llvm":
+        print(prog.llvm_ir())
+    elif args.dump == "asm":
+        print(prog.asm)
+    else:
+        print(prog.dump("sink_slices" if args.dump == "ir" else args.dump))
+    return 0
