@@ -32,8 +32,9 @@ def assert_close(got, want, rtol):
         np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B", [1, 3, 64])
+# relu differs from tanh only in two body rows, so it runs at one batch size (compiles dominate).
+@pytest.mark.parametrize("cell,B", [(c, b) for c in CELLS for b in (1, 3, 64)
+                                    if c != "rnn_relu" or b == 3])
 def test_native_matches_numpy_float64(cell, B):
     prog = PROGRAMS[cell](B, I, H, "float64")
     native = NativeProgram(prog)        # one module for every T
