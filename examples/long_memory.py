@@ -7,7 +7,7 @@ drops below --solved (default 0.01), i.e. it explains ~94% of the variance. The 
 be T/2 or more steps before the answer, so the gradient that teaches the model to store it has to
 survive that many steps: the vanilla RNN's vanishes, the gated cells' does not.
 
-    python examples/long_memory.py [--lengths 10 25 50 100] [--cells rnn lstm gru] [--quick]
+    python examples/long_memory.py [--lengths 5 10 20 40] [--cells rnn lstm gru] [--quick]
 """
 import argparse
 import os
@@ -55,12 +55,12 @@ def fit(cell, T, args, backend):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=[10, 25, 50, 100])
+    p.add_argument("--lengths", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"],
                    choices=["rnn", "lstm", "gru"])
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=600, help="update budget per cell and length")
+    p.add_argument("--steps", type=int, default=400, help="update budget per cell and length")
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--solved", type=float, default=0.01, help="test MSE counted as solved")

@@ -29,7 +29,7 @@ def one_line_error(r, *words):
 def trained(tmp_path_factory):
     """One tiny training run with checkpoints, shared by the sample and resume tests."""
     d = tmp_path_factory.mktemp("cli")
-    (d / "corpus.txt").write_text("hello world, the quick brown fox. " * 120)
+    (d / "corpus.txt").write_text("hello world, the quick brown fox. " * 60)
     r = gg("train", "--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14, "--batch", 8,
            "--epochs", 2, "--checkpoint", "ck.npz", "--every", 20, "--lr", 0.02, cwd=d)
     assert r.returncode == 0, r.stderr
@@ -39,17 +39,17 @@ def trained(tmp_path_factory):
 def test_train_runs_and_checkpoints(trained):
     d, r = trained
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("train: 3,672 training / 408 validation characters, vocab 20; "
+    assert lines[0].startswith("train: 1,836 training / 204 validation characters, vocab 20; "
                                "lstm hidden 16") and "k1=10 k2=14 batch 8" in lines[0]
     epochs = [ln for ln in lines if ln.startswith("epoch ")]
     assert len(epochs) == 2 and all("val loss" in e and "perplexity" in e for e in epochs)
     first, second = (float(e.split("val loss ")[1].split()[0]) for e in epochs)
     assert second < first < np.log(20)
     assert "saved checkpoint ck.npz (step 20, every 20)" in r.stdout
-    assert lines[-1] == "saved checkpoint ck.npz (step 92, end of training)"
+    assert lines[-1] == "saved checkpoint ck.npz (step 46, end of training)"
     _, opt, meta = checkpoint.load(d / "ck.npz")
     assert meta["config"]["hidden_size"] == 16 and meta["vocab"]["chars"].startswith(" ,.")
-    assert meta["trainer"]["step"] == 92 and opt["type"] == "Adam"
+    assert meta["trainer"]["step"] == 46 and opt["type"] == "Adam"
 
 
 def test_resume_continues_the_run(trained):
@@ -59,8 +59,8 @@ def test_resume_continues_the_run(trained):
     r = gg("train", "--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14, "--batch", 8,
            "--epochs", 3, "--checkpoint", "ck2.npz", "--resume", "--lr", 0.02, cwd=d)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0] == "resuming from ck2.npz: step 92, epoch 3, update 0 of the epoch"
-    assert "epoch 3:" in r.stdout and "(step 138, end of training)" in r.stdout
+    assert r.stdout.splitlines()[0] == "resuming from ck2.npz: step 46, epoch 3, update 0 of the epoch"
+    assert "epoch 3:" in r.stdout and "(step 69, end of training)" in r.stdout
     bad = gg("train", "--text", "corpus.txt", "--hidden", 8, "--checkpoint", "ck2.npz",
              "--resume", cwd=d)
     one_line_error(bad, "graphgrad train: error: checkpoint was saved from a different model")
