@@ -177,8 +177,9 @@ class GRU(_SequenceModel):
 
 
 def _cell(mode_cls):
-    class Cell:
-        """One step of the matching sequence model: `cell(x (B, I), state) -> new state`."""
+    class Cell(Module):
+        """One step of the matching sequence model: `cell(x (B, I), state) -> new state`.
+        Parameters, state_dict and load_state_dict use torch.nn.*Cell's names."""
 
         def __init__(self, input_size, hidden_size, **kw):
             self.model = mode_cls(input_size, hidden_size, **kw)
