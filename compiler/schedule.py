@@ -29,9 +29,11 @@ Semantics shared by the numpy executor (compiler/sched_numpy.py, the oracle) and
     "full" input). Every full input and output window must have that shape; "row" inputs are
     (cols,) windows, "scalar" inputs one element. Colsums sum a local over all rows; with
     accumulate=False they overwrite their target.
-  * Batch. meta["batch"] is B. Buffers of kind "param" and "grad" (parameter gradients) do not
-    depend on B; every other 2-d buffer whose rows equal B is batch-major, so a program can be
-    rebuilt for a slice of the batch (`with_batch`), which the 2-thread runtime uses.
+  * Batch. meta["batch"] is B. meta["batched"], if present, lists the batch-major buffers
+    (rows = B). Otherwise: buffers of kind "param" and "grad" (parameter gradients) do not depend
+    on B and every other 2-d buffer whose rows equal B is batch-major. A program can then be
+    rebuilt for a slice of the batch (`with_batch`), which the 2-thread runtime uses; "grad"
+    buffers of the slices are summed.
 """
 from __future__ import annotations
 
@@ -265,6 +267,8 @@ def _overlap(prog, a, b):
 def is_batched(prog: Program, name: str) -> bool:
     """Whether a buffer's rows are the batch (the rule in the module docstring)."""
     b = prog.buffers[name]
+    if "batched" in prog.meta:
+        return name in prog.meta["batched"]
     return (b.kind not in ("param", "grad") and len(b.shape) == 2 and
             b.shape[0] == prog.meta["batch"])
 
