@@ -251,7 +251,14 @@ class CompiledProgram(ReferenceProgram):
 
 
 def compile(model, seq_len, batch, **options):
-    """Compile `model` (a graphgrad RNN/LSTM/GRU or Recurrent) for sequences of `seq_len` steps
-    and `batch` rows. Options: dtype, input_size= and state= (custom Recurrent), threads=1|2,
-    unroll=False, backend="native"|"numpy", opt=3."""
+    """Compile `model` for sequences of `seq_len` steps and `batch` rows.
+
+    A graphgrad RNN/LSTM/GRU or Recurrent gives a CompiledProgram (forward, vjp); a task model
+    with a head and loss (LanguageModel, SequenceClassifier, SequenceRegressor) gives a
+    TrainingProgram with value_and_grad(xs, targets, state0) as well. Options: dtype,
+    input_size= and state= (custom Recurrent), threads=1|2, unroll=False,
+    backend="native"|"numpy", opt=3."""
+    if hasattr(model, "head_loss") and hasattr(model, "rnn"):
+        from .training import TrainingProgram
+        return TrainingProgram(model, seq_len, batch, **options)
     return CompiledProgram(model, seq_len, batch, **options)

@@ -87,8 +87,12 @@ class LanguageModel(Module):
 
     def loss(self, ids, targets, state=None):
         """Mean cross-entropy over all T*B predictions, and the final state."""
-        logits, state = self(ids, state)
-        return cross_entropy(logits, np.asarray(targets)), state
+        out, state = self.rnn(self.inputs(ids), state)
+        return self.head_loss(out, targets), state
+
+    def head_loss(self, out, targets):
+        """The loss from the recurrent outputs (T, B, H): what follows the recurrence."""
+        return cross_entropy(self.head(out), np.asarray(targets))
 
     def init_state(self, batch):
         return self.rnn.init_state(batch)
@@ -134,9 +138,16 @@ class SequenceClassifier(Module):
         out, state = self.rnn(xs, state)
         return self.head(getitem(out, -1)), state
 
+    def inputs(self, xs):
+        return xs
+
     def loss(self, xs, labels, state=None):
-        logits, _ = self(xs, state)
-        return cross_entropy(logits, np.asarray(labels))
+        """The loss alone: a many-to-one task has no state to carry on."""
+        out, _ = self.rnn(xs, state)
+        return self.head_loss(out, labels)
+
+    def head_loss(self, out, labels):
+        return cross_entropy(self.head(getitem(out, -1)), np.asarray(labels))
 
 
 class SequenceRegressor(SequenceClassifier):
@@ -145,9 +156,9 @@ class SequenceRegressor(SequenceClassifier):
     def __init__(self, input_size, hidden_size, cell="lstm", out_features=1, **kw):
         super().__init__(input_size, hidden_size, out_features, cell=cell, **kw)
 
-    def loss(self, xs, targets, state=None):
+    def head_loss(self, out, targets):
         from .functional import mse
-        pred, _ = self(xs, state)
+        pred = self.head(getitem(out, -1))
         return mse(pred, np.asarray(targets, dtype=pred.dtype).reshape(pred.shape))
 
 
