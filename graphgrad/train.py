@@ -49,7 +49,7 @@ def blas_threads(n=1):
     try:
         with open("/proc/self/maps") as f:
             paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
-    except OSError:
+    except OSError:  # not Linux: leave the thread count alone
         return False
     for path in paths:
         try:
@@ -131,16 +131,18 @@ class TapeBackend:
 
 
 class CompiledBackend:
-    """The same contract on compiled programs (`compiler.compile(model, seq_len=T, batch=B)`).
+    """The same contract on compiled programs (`compiler.compile(model.rnn, seq_len=T, batch=B)`).
 
-    PENDING (the lead fills this in when the compiler lands, then sets IMPLEMENTED = True):
-      * lm_window: compile model.rnn for (T, B) (cache per T, B: the last window of an epoch may
-        be shorter); embedding/one-hot and the head + cross-entropy stay in numpy: out, s_T =
-        prog.forward(xs, s0); logits = out @ W.T + b; d_out from softmax - onehot on the scored
-        steps and zero on the others; grads = prog.vjp(xs, s0, d_out, 0) plus the head's grads.
-        States for `save_at` need either a program that returns the per-step states or a second
-        program for the prefix (h is out[t] for 1-layer RNN/GRU, but LSTM's c is not).
-      * lm_eval and loss_and_grads: prog.forward / prog.vjp the same way.
+    PENDING (the lead fills this in, then sets IMPLEMENTED = True so "auto" picks it):
+      * lm_window: cut the window at the same points as TapeBackend (0, loss_from, save_at, T);
+        per segment [a, b) run prog(b - a).forward(xs[a:b], s_a) -> (out, s_b), caching one
+        program per (T, B). Head + cross-entropy in numpy: logits = out @ W.T + b, d_logits =
+        (softmax - onehot) / n on scored steps, 0 elsewhere; d_out = d_logits @ W. Backward
+        over segments in reverse, chaining d_state: grads, d_xs, d_s_a = prog.vjp(xs, s_a,
+        d_out, d_s_b), d_s_T = 0. Embedding models add d_xs into embedding rows (np.add.at).
+        Parameter names get the "rnn." prefix; head grads come from the numpy head.
+      * lm_eval: forward + numpy head; loss_and_grads: out[-1] through the head of a
+        SequenceClassifier / SequenceRegressor, d_out nonzero only at the last step.
     tests/test_train.py::test_compiled_matches_tape is written and skips until then.
     """
     name = "compiled"
@@ -345,8 +347,7 @@ class Trainer:
 
     def evaluate(self, streams, chunk=None):
         """Mean cross-entropy over all predictions in (N, B) streams, state carried throughout."""
-        streams = np.asarray(streams)
-        chunk = chunk or max(self.k1, 50)
+        streams, chunk = np.asarray(streams), chunk or max(self.k1, 50)
         total, count, state = 0.0, 0, None
         for a in range(0, streams.shape[0] - 1, chunk):
             b = min(a + chunk, streams.shape[0] - 1)
@@ -368,10 +369,14 @@ class Trainer:
                 "k1": self.k1, "k2": self.k2,
                 "states": {str(t): s for t, s in self.states.items()}}
 
-    def load_state_dict(self, sd):
+    def _check_schedule(self, sd):
+        # carried states are keyed by stream position: only meaningful for the same k1/k2
         if (sd["k1"], sd["k2"]) != (self.k1, self.k2):
             raise ValueError(f"the checkpoint was trained with k1={sd['k1']}, k2={sd['k2']}; "
                              f"resume with the same values (got k1={self.k1}, k2={self.k2})")
+
+    def load_state_dict(self, sd):
+        self._check_schedule(sd)
         self.step, self.epoch, self.update = int(sd["step"]), int(sd["epoch"]), int(sd["update"])
         self.states = {int(t): s for t, s in sd["states"].items()}
 
@@ -387,9 +392,7 @@ class Trainer:
         if "trainer" not in (meta or {}):
             raise ValueError(f"{path} holds no trainer state (not written by Trainer.save)")
         sd = meta["trainer"]
-        if (sd["k1"], sd["k2"]) != (self.k1, self.k2):
-            raise ValueError(f"the checkpoint was trained with k1={sd['k1']}, k2={sd['k2']}; "
-                             f"resume with the same values (got k1={self.k1}, k2={self.k2})")
+        self._check_schedule(sd)  # before anything is modified
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
         self.load_state_dict(sd)
