@@ -25,7 +25,7 @@ PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", 
             "sink_slices", "stages", "schedule")
 
 
-def joint_graph(ld, dumps=None, tag=""):
+def joint_graph(ld, dumps=None, tag="", adjoints=False):
     """Optimized forward step, differentiated, with the forward outputs put in front of the
     cotangent outputs: one graph for the whole training step of a layer-direction."""
     def keep(name, G):
@@ -37,6 +37,8 @@ def joint_graph(ld, dumps=None, tag=""):
     B = keep("autodiff", vjp_graph(F, ld.bwd.graph["wrt"]))
     J = ir.copy_graph(B)
     J.graph["outputs"] = list(F.graph["outputs"]) + list(B.graph["outputs"])
+    if adjoints:   # also the total dL/ds_t of every new state leaf, per step
+        J.graph["outputs"] += [B.graph["ct_of"][o] for o in F.graph["outputs"][1:]]
     J = keep("simplify_joint", simplify(J))
     J = keep("pads_to_concat", pads_to_concat(J))
     J = keep("sink_slices", simplify(sink_slices(J)))
@@ -51,6 +53,7 @@ class _Layer:
         self.n_fwd = len(ld.step.G.graph["outputs"])
         tag = f"layer {ld.layer} direction {ld.direction}"
         self.params = list(ld.step.params)
+        self.B, self.T, self.options = B, T, options
         J = joint_graph(ld, dumps, tag)
         Jf = ir.copy_graph(J)
         Jf.graph["outputs"] = J.graph["outputs"][:self.n_fwd]
@@ -62,6 +65,16 @@ class _Layer:
         self.runners, self.natives = {}, {}
         for m, b in self.builds.items():
             self.runners[m], self.natives[m] = options["make_runner"](b.program, T)
+
+    def ensure_adjoints(self):
+        """The train program variant that also stores every step's state adjoints (built on
+        first use, so the normal training path carries no extra stores)."""
+        if "adjoints" not in self.builds:
+            J = joint_graph(self.ld, adjoints=True)
+            stage, dep = assign(J, self.B, self.n_fwd, train=True)
+            self.builds["adjoints"] = build(J, stage, dep, self.B, self.n_fwd, train=True)
+            self.runners["adjoints"], self.natives["adjoints"] = self.options["make_runner"](
+                self.builds["adjoints"].program, self.T)
 
     def _inputs(self, built, params, xs, s0):
         names = built.J.graph["names"]
@@ -79,7 +92,7 @@ class _Layer:
         built = self.builds[mode]
         rev = self.ld.reverse
         inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
-        if mode == "train":
+        if mode != "forward":
             inputs["d_out"] = d_out[::-1] if rev else d_out
             for j, d in enumerate(d_sT):
                 inputs[f"d_sT_{j}"] = d
@@ -95,6 +108,10 @@ class _Layer:
         if "d_x" in o:
             dx = res[o["d_x"]][::-1] if rev else res[o["d_x"]]
         d_s0 = [np.array(res[name][0]) for name in o["d_state"]]
+        # dL/ds_t for every state the loop produced (slots 1..T), in processing order: the
+        # per-step adjoints gradient-flow inspection reads, free from the reverse loop's buffers
+        if o.get("adjoints"):
+            self.last_adjoints = np.concatenate([res[n] for n in o["adjoints"]], axis=-1)
         for cnid, gname in built.grads.items():
             env[cnid] = res[gname].reshape(ir.node(built.J, cnid).shape)
         keys = list(o["d_params"])
@@ -167,7 +184,7 @@ class CompiledProgram(ReferenceProgram):
             out = np.swapaxes(out, 0, 1)
         return out, self._pack_state(finals)
 
-    def vjp(self, xs, state0, d_out, d_state_T=None):
+    def vjp(self, xs, state0, d_out, d_state_T=None, _mode="train"):
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
         d_out = self._d_out(d_out)
         d_sT = self._state_leaves("d_state_T", d_state_T)
@@ -182,7 +199,7 @@ class CompiledProgram(ReferenceProgram):
             for cl in row:
                 k = cl.ld.layer * len(row) + cl.ld.direction
                 width = ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1]
-                _, _, g, dx, d_s0[k] = cl.run("train", self._params(cl), layer_inputs[k],
+                _, _, g, dx, d_s0[k] = cl.run(_mode, self._params(cl), layer_inputs[k],
                                               self._per_layerdir(s0, k),
                                               np.ascontiguousarray(d_layer_out[..., off:off + width]),
                                               self._per_layerdir(d_sT, k))
@@ -195,6 +212,16 @@ class CompiledProgram(ReferenceProgram):
         if self.builtin and self.model.batch_first and d_layer_out is not None:
             d_layer_out = np.swapaxes(d_layer_out, 0, 1)
         return grads, d_layer_out, self._pack_state(d_s0)
+
+    def step_adjoints(self, xs, state0, d_out, d_state_T=None):
+        """{"l0", "l0_reverse", ...: (T, B, S)} gradients on the states s_1..s_T each layer's
+        loop produced (state leaves side by side, processing order), from one vjp run."""
+        for row in self.compiled:
+            for cl in row:
+                cl.ensure_adjoints()
+        self.vjp(xs, state0, d_out, d_state_T, _mode="adjoints")
+        return {f"l{cl.ld.layer}{'_reverse' if cl.ld.reverse else ''}": cl.last_adjoints
+                for row in self.compiled for cl in row}
 
     def _d_out(self, d_out):
         from graphgrad.core import AVal

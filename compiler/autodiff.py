@@ -72,4 +72,7 @@ def vjp_graph(G, wrt=None):
     names = G.graph.get("names", {})
     H.graph["out_names"] = [f"d:{names.get(w, w)}" for w in wrt]
     H.graph["wrt"] = list(wrt)
+    # forward node -> node holding its accumulated cotangent (dL/dv in total), for callers that
+    # want per-step adjoints of intermediate values (gradient-flow inspection)
+    H.graph["ct_of"] = {nid: ct.nid for nid, ct in cts.items()}
     return H

@@ -203,8 +203,9 @@ class _Builder:
                 n = self.node(nid)
                 if n.op == "const" and n.shape == ():
                     continue      # a literal in the kernel body
+                # kind "param": parameter-derived, never split across batch threads
                 name = self.buffer(f"inv{nid}", n.shape if len(n.shape) != 0 else (1,),
-                                   None, "input")
+                                   None, "param")
                 self.inv[name] = nid
                 self.homes[nid] = Home(name)
         self.force_outputs()
@@ -264,6 +265,13 @@ class _Builder:
             self.outputs["y"] = ("Y", "all")
         if not self.train:
             return
+        extra = outs[self.n_fwd + len(wrt):]
+        if extra:
+            self.outputs["adjoints"] = []
+        for j, o in enumerate(extra):
+            self.buffer(f"ADJ{j}", self.node(o).shape, "T", "output")
+            self.place(o, Home(f"ADJ{j}", 0), "bwd")
+            self.outputs["adjoints"].append(f"ADJ{j}")
         for o, w in zip(outs[self.n_fwd:], wrt):
             role = roles[w]
             if role == "state":

@@ -2,12 +2,12 @@
 
 The compiled program supplies the model-level quantities: its forward output, and from `vjp` the
 parameter gradients, d_xs and d_state0. Those are the reference the decomposition must add up
-to. Per-step state adjoints inside the native BPTT loop are PENDING: the compiler does not yet emit
-them. When a program grows `prog.step_adjoints(xs, state0, d_out, d_state_T) -> {layer name:
-(T, B, S) array}` (dL/ds_t on the state tensors, processing order, "l0", "l0_reverse", ...),
-`from_compiled` stores them as `flow.reference["state_grads"]` and `check` compares them with the
-per-step adjoints flow rebuilds; until then the per-step views are rebuilt from the step VJPs and
-only the totals are cross-checked against the program.
+to. `prog.step_adjoints(xs, state0, d_out, d_state_T) -> {layer name: (T, B, S) array}` gives the
+per-step state adjoints the native reverse loop computed (dL/ds_t on the state tensors,
+processing order, "l0", "l0_reverse", ...; compiled on first use as a variant of the training
+program, so the normal path stores nothing extra); `from_compiled` keeps them as
+`flow.reference["state_grads"]` and `check` compares them with the per-step adjoints flow
+rebuilds from the step VJPs.
 """
 from __future__ import annotations
 
