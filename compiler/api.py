@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import ir
+from . import graph_cache, ir
 from .build import build, evaluate
 from .passes import simplify
 from .autodiff import vjp_graph
@@ -54,14 +54,20 @@ class _Layer:
         tag = f"layer {ld.layer} direction {ld.direction}"
         self.params = list(ld.step.params)
         self.B, self.T, self.options = B, T, options
-        J = joint_graph(ld, dumps, tag)
-        Jf = ir.copy_graph(J)
-        Jf.graph["outputs"] = J.graph["outputs"][:self.n_fwd]
-        Jf = simplify(Jf)
-        self.builds = {}
-        for mode, G in (("forward", Jf), ("train", J)):
-            stage, dep = assign(G, B, self.n_fwd, train=mode == "train")
-            self.builds[mode] = build(G, stage, dep, B, self.n_fwd, train=mode == "train")
+        k = graph_cache.key(ir.dump(ld.step.G), ld.bwd.graph["wrt"], B)
+        cached = graph_cache.get(k) if dumps is None else None
+        if cached is not None:
+            self.builds = cached
+        else:
+            J = joint_graph(ld, dumps, tag)
+            Jf = ir.copy_graph(J)
+            Jf.graph["outputs"] = J.graph["outputs"][:self.n_fwd]
+            Jf = simplify(Jf)
+            self.builds = {}
+            for mode, G in (("forward", Jf), ("train", J)):
+                stage, dep = assign(G, B, self.n_fwd, train=mode == "train")
+                self.builds[mode] = build(G, stage, dep, B, self.n_fwd, train=mode == "train")
+            graph_cache.put(k, self.builds)
         self.runners, self.natives = {}, {}
         for m, b in self.builds.items():
             self.runners[m], self.natives[m] = options["make_runner"](b.program, T)
@@ -127,10 +133,10 @@ class CompiledProgram(ReferenceProgram):
     shapes or dtypes raise before any native code runs."""
 
     def __init__(self, model, seq_len, batch, dtype=None, *, input_size=None, state=None,
-                 threads=1, unroll=False, backend="native", opt=3):
+                 threads=1, unroll=False, backend="native", opt=3, keep_dumps=False):
         t0 = time.perf_counter()
         super().__init__(model, seq_len, batch, dtype, input_size=input_size, state=state)
-        self.dumps = {}
+        self.dumps = {} if keep_dumps else None
         self.options = {"threads": threads, "unroll": unroll, "backend": backend, "opt": opt}
         self.options["make_runner"] = self._runner_factory()
         self.compiled = [[_Layer(ld, self.B, self.T, self.options, self.dumps) for ld in row]
@@ -268,7 +274,9 @@ class CompiledProgram(ReferenceProgram):
         """Text of the IR after a pass (see PIPELINE), or of the scheduled kernels."""
         if pass_name in ("trace",):
             return "\n\n".join(ir.dump(cl.ld.step.G) for row in self.compiled for cl in row)
-        if pass_name in self.dumps:
+        if self.dumps is None and pass_name not in ("stages", "schedule"):
+            raise ValueError("dump: compile with keep_dumps=True to keep the IR after each pass")
+        if pass_name in (self.dumps or {}):
             return "\n\n".join(self.dumps[pass_name])
         if pass_name in ("stages", "schedule"):
             from .report import schedule_text

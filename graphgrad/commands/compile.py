@@ -47,7 +47,8 @@ def run(args):
     else:
         model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers,
                             bidirectional=args.bidirectional, dtype=np.dtype(args.dtype))
-    prog = compiler.compile(model, args.T, args.batch, threads=args.threads, **kw)
+    prog = compiler.compile(model, args.T, args.batch, threads=args.threads, keep_dumps=True,
+                            **kw)
     if args.dump == "report":
         print(prog.fusion_report())
         print(f"compiled in {prog.compile_seconds:.2f} s")

@@ -1,0 +1,65 @@
+"""On-disk cache of a layer's scheduled programs, keyed by its traced step graph.
+
+Tracing a step takes milliseconds; differentiating, simplifying and scheduling it takes most of a
+second. So the traced graph's text (shapes, dtypes, attributes, every op), the batch size and a
+fingerprint of the compiler's own source key a pickle of the built schedules. The pickle is our
+own cache file, never user data; a corrupt or stale entry is rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+from runtime.cache import cache_dir
+
+_SOURCES = ("compiler", "compiler/passes", "graphgrad/core.py", "graphgrad/ops.py")
+
+
+@functools.cache
+def _fingerprint() -> str:
+    """Hash of the source files that decide what a build produces."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for rel in _SOURCES:
+        p = root / rel
+        files = sorted(p.glob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def key(*parts) -> str:
+    h = hashlib.sha256(_fingerprint().encode())
+    for part in parts:
+        h.update(b"\0")
+        h.update(str(part).encode())
+    return h.hexdigest()
+
+
+def _path(k):
+    return cache_dir() / "graphs" / f"{k}.pkl"
+
+
+def get(k):
+    try:
+        with open(_path(k), "rb") as f:
+            return pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+
+
+def put(k, value):
+    path = _path(k)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass   # a cache that cannot be written only costs time
