@@ -40,6 +40,10 @@ def main(argv=None):
         args.hidden, args.batch, args.epochs, args.max_chars = 32, 16, 2, 12_000
         args.lr = 1e-2
 
+    try:
+        backend = train.get_backend(args.backend)
+    except RuntimeError as e:
+        p.error(str(e))
     t_start = time.perf_counter()
     text = data.pydoc_text(args.max_chars)
     vocab = data.CharVocab(text)
@@ -48,7 +52,7 @@ def main(argv=None):
     model = gg.LanguageModel(vocab.size, args.hidden, cell=args.cell, seed=args.seed)
     trainer = train.Trainer(model, train.make_optimizer("adam", model.parameters(), args.lr),
                             k1=args.k1, k2=args.k2, clip_norm=args.clip,
-                            backend=train.get_backend(args.backend))
+                            backend=backend)
     print(f"{len(text):,} characters of pydoc text ({len(train_ids):,} train / {len(val_ids):,} "
           f"validation), vocabulary {vocab.size}; {args.cell} hidden {args.hidden}, "
           f"{model.num_parameters():,} parameters; k1={trainer.k1} k2={trainer.k2} batch "

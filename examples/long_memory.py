@@ -70,7 +70,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.hidden, args.steps, args.eval_every = [5, 8], 8, 30, 10
-    backend = train.get_backend(args.backend)
+    try:
+        backend = train.get_backend(args.backend)
+    except RuntimeError as e:
+        p.error(str(e))
     print(f"adding problem: hidden {args.hidden}, batch {args.batch}, Adam lr {args.lr}, at most "
           f"{args.steps} updates per run, solved = test MSE < {args.solved} (baseline 0.167); "
           f"backend {backend.name}")

@@ -158,8 +158,8 @@ class CompiledBackend:
 
     def __init__(self):
         if not self.available():
-            raise RuntimeError("the compiled backend is not available yet (compiler.compile is "
-                               "pending); use --backend tape")
+            raise RuntimeError("the compiled training backend is not available yet "
+                               "(train.CompiledBackend is pending); use --backend tape")
 
     def _pending(self, *a, **k):
         raise NotImplementedError("CompiledBackend: pending the compiler (see its docstring)")

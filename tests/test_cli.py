@@ -142,6 +142,13 @@ def test_bad_arguments_and_files(tmp_path, args, words):
     one_line_error(gg(*args, cwd=tmp_path), *words)
 
 
+def test_compiled_backend_unavailable_is_one_line(tmp_path):
+    from graphgrad import train
+    if train.CompiledBackend.available():
+        pytest.skip("the compiled backend is available")
+    one_line_error(gg("train", "--backend", "compiled", cwd=tmp_path), "not available")
+
+
 def test_help_for_every_command(tmp_path):
     for cmd in ("train", "sample", "gradcheck"):
         r = gg(cmd, "--help", cwd=tmp_path)

@@ -79,6 +79,10 @@ def run(args):
         raise FileNotFoundError(f"checkpoint directory does not exist: "
                                 f"{os.path.dirname(os.path.abspath(args.checkpoint))}")
     train.blas_threads(1)
+    try:
+        backend = train.get_backend(args.backend)
+    except RuntimeError as e:  # compiled backend not available: a usage error, not a crash
+        raise ValueError(str(e)) from None
     text = _corpus(args)
     vocab = data.CharVocab(text)
     tr_ids, va_ids = data.train_val_split(vocab.encode(text), 1 - args.val_frac)
@@ -90,7 +94,7 @@ def run(args):
     opt = train.make_optimizer(args.optim, model.parameters(), args.lr, args.momentum)
     trainer = train.Trainer(model, opt, args.k1, args.k2,
                             clip_norm=None if args.no_clip else args.clip_norm,
-                            clip_value=args.clip_value, backend=train.get_backend(args.backend))
+                            clip_value=args.clip_value, backend=backend)
     meta = {"kind": "char_lm", "config": train.lm_config(model), "vocab": vocab.to_dict(),
             "text": os.path.abspath(args.text) if args.text else "pydoc_data.topics",
             "optim": args.optim}
