@@ -102,13 +102,15 @@ class _Layer:
             inputs["d_out"] = d_out[::-1] if rev else d_out
             for j, d in enumerate(d_sT):
                 inputs[f"d_sT_{j}"] = d
-        res = self.runners[mode](inputs)
+        res = self.runners[mode](inputs, xs.shape[0])
         o = built.outputs
         buf, view = o["y"]
         y = res[buf][1:] if view == "all+1" else res[buf]
         y = y[::-1] if rev else y
         state = [res[name][-1] for name in o["state"]]
         if mode == "forward":
+            # every state the loop produced (T+1 slots each), for truncated BPTT
+            self.last_states = None if rev else [np.array(res[n]) for n in o["state"]]
             return np.array(y), [np.array(s) for s in state]
         dx = None
         if "d_x" in o:
@@ -149,7 +151,7 @@ class CompiledProgram(ReferenceProgram):
             from .sched_numpy import execute, user_view
 
             def make(prog, T):
-                def run(inputs):
+                def run(inputs, T):
                     store = execute(prog, T, inputs)
                     return {n: user_view(prog, store, n) for n in store}
                 return run, None
@@ -162,7 +164,7 @@ class CompiledProgram(ReferenceProgram):
             threads = opts["threads"] if prog.meta["batch"] >= 2 else 1
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
                                    opt=opts["opt"], threads=threads)
-            return (lambda inputs: native.run(T, inputs, zero=True)), native
+            return (lambda inputs, T: native.run(T, inputs, zero=True)), native
         return make
 
     # -- running
@@ -183,12 +185,33 @@ class CompiledProgram(ReferenceProgram):
             layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
         return layer_in, finals, inputs
 
-    def forward(self, xs, state0=None):
+    def forward(self, xs, state0=None, return_states=False):
+        """(out, state_T); with return_states also the model's state after every step,
+        [state_0, ..., state_T] (unidirectional models: what truncated BPTT carries)."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
         out, finals, _ = self._layers_forward(xs, s0)
         if self.builtin and self.model.batch_first:
             out = np.swapaxes(out, 0, 1)
-        return out, self._pack_state(finals)
+        if not return_states:
+            return out, self._pack_state(finals)
+        cls = [cl for row in self.compiled for cl in row]
+        if any(cl.ld.reverse for cl in cls):
+            raise ValueError("forward(return_states=True): a bidirectional model has no state "
+                             "'after step t'")
+        per_t = [self._pack_state([[leaf[t] for leaf in cl.last_states] for cl in cls])
+                 for t in range(xs.shape[0] + 1)]
+        return out, self._pack_state(finals), per_t
+
+    def _xs(self, xs):
+        """Any sequence length: the native loops take T at run time (buffers follow it)."""
+        from graphgrad.core import AVal
+        from .program import _arr
+        xs = _arr(xs)
+        t_axis = 1 if self.builtin and self.model.batch_first else 0
+        if xs.ndim == 3 and xs.shape[t_axis] >= 1:
+            self.x_aval = AVal((xs.shape[t_axis],) + tuple(self.x_aval.shape[1:]),
+                               self.x_aval.dtype)
+        return super()._xs(xs)
 
     def vjp(self, xs, state0, d_out, d_state_T=None, _mode="train"):
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
@@ -236,7 +259,7 @@ class CompiledProgram(ReferenceProgram):
         if self.builtin and self.model.batch_first and d_out.ndim == 3:
             d_out = np.swapaxes(d_out, 0, 1)
         width = sum(ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1] for cl in self.compiled[-1])
-        return _check("d_out", d_out, AVal((self.T, self.B, width), self.dtype))
+        return _check("d_out", d_out, AVal((self.x_aval.shape[0], self.B, width), self.dtype))
 
     # -- inspection
     def programs(self, mode="train"):

@@ -20,6 +20,48 @@ def _zeros_like_state(state):
         else np.zeros_like(state)
 
 
+def _encode(model, xs):
+    with no_grad():
+        enc = model.inputs(xs)
+    return enc.data if isinstance(enc, Tensor) else np.asarray(enc)
+
+
+def head_and_core(model, core, xs, loss_fn, state0=None, return_states=False):
+    """loss_fn(out Tensor) -> scalar loss on the tape. Returns (loss, grads keyed like
+    model.parameters(), final state, [states after each step] or None).
+
+    The recurrence runs natively (forward, then forward + BPTT); the encoding, head and loss run
+    once over all T*B rows on the tape, whose gradient w.r.t. the outputs feeds the native vjp.
+    """
+    enc = _encode(model, xs)
+    if state0 is None:
+        state0 = model.rnn.init_state(enc.shape[1])
+    res = core.forward(enc, state0, return_states=return_states)
+    out, state_T = res[0], res[1]
+    out_t = Tensor(out, requires_grad=True)
+    head = model.head.parameters()
+    saved = {k: p.grad for k, p in head.items()}
+    for p in head.values():
+        p.grad = None
+    try:
+        loss = loss_fn(out_t)
+        loss.backward()
+        grads = {f"head.{k}": (p.grad if p.grad is not None else np.zeros_like(p.data))
+                 for k, p in head.items()}
+    finally:
+        for k, p in head.items():
+            p.grad = saved[k]
+    core_grads, d_enc, _ = core.vjp(enc, state0, out_t.grad, _zeros_like_state(state0))
+    grads.update({f"rnn.{k}": v for k, v in core_grads.items()})
+    emb = getattr(model, "embedding", None)
+    if emb is not None:
+        with no_grad():
+            grads["embedding.weight"] = take_grad(Tensor(d_enc), np.asarray(xs),
+                                                  emb.shape[0]).data
+    grads = {k: grads[k] for k in model.parameters()}
+    return float(loss.item()), grads, state_T, (res[2] if return_states else None)
+
+
 class TrainingProgram:
     """value_and_grad(xs, targets, state0) -> (loss, grads keyed like model.parameters(),
     final state). `xs` are token ids (T, B) for a LanguageModel, features (T, B, I) otherwise."""
@@ -39,31 +81,9 @@ class TrainingProgram:
         return getattr(self.core, name)
 
     def value_and_grad(self, xs, targets, state0=None):
-        m = self.model
-        with no_grad():
-            enc = m.inputs(xs)
-        enc = enc.data if isinstance(enc, Tensor) else np.asarray(enc)
-        if state0 is None:
-            state0 = m.rnn.init_state(self.B)
-        out, state_T = self.core.forward(enc, state0)
-        out_t = Tensor(out, requires_grad=True)
-        head = m.head.parameters()
-        saved = {k: p.grad for k, p in head.items()}
-        for p in head.values():
-            p.grad = None
-        loss = m.head_loss(out_t, targets)
-        loss.backward()
-        grads = {f"head.{k}": p.grad for k, p in head.items()}
-        for k, p in head.items():
-            p.grad = saved[k]
-        core_grads, d_enc, _ = self.core.vjp(enc, state0, out_t.grad, _zeros_like_state(state0))
-        grads.update({f"rnn.{k}": v for k, v in core_grads.items()})
-        emb = getattr(m, "embedding", None)
-        if emb is not None:
-            with no_grad():
-                grads["embedding.weight"] = take_grad(Tensor(d_enc), np.asarray(xs),
-                                                      emb.shape[0]).data
-        return float(loss.item()), {k: grads[k] for k in m.parameters()}, state_T
+        loss, grads, state_T, _ = head_and_core(
+            self.model, self.core, xs, lambda out: self.model.head_loss(out, targets), state0)
+        return loss, grads, state_T
 
 
 def compile_training(model, seq_len, batch, **options) -> TrainingProgram:

@@ -131,22 +131,10 @@ class TapeBackend:
 
 
 class CompiledBackend:
-    """The same contract on compiled programs (`compiler.compile(model.rnn, seq_len=T, batch=B)`).
-
-    PENDING (the lead fills this in, then sets IMPLEMENTED = True so "auto" picks it):
-      * lm_window: cut the window at the same points as TapeBackend (0, loss_from, save_at, T);
-        per segment [a, b) run prog(b - a).forward(xs[a:b], s_a) -> (out, s_b), caching one
-        program per (T, B). Head + cross-entropy in numpy: logits = out @ W.T + b, d_logits =
-        (softmax - onehot) / n on scored steps, 0 elsewhere; d_out = d_logits @ W. Backward
-        over segments in reverse, chaining d_state: grads, d_xs, d_s_a = prog.vjp(xs, s_a,
-        d_out, d_s_b), d_s_T = 0. Embedding models add d_xs into embedding rows (np.add.at).
-        Parameter names get the "rnn." prefix; head grads come from the numpy head.
-      * lm_eval: forward + numpy head; loss_and_grads: out[-1] through the head of a
-        SequenceClassifier / SequenceRegressor, d_out nonzero only at the last step.
-    tests/test_train.py::test_compiled_matches_tape is written and skips until then.
-    """
+    """The same contract on compiled programs: the recurrence runs natively (forward and BPTT
+    over the whole window in one call each, any window length with one program per batch size),
+    the encoding, head and loss once over all rows on the tape (compiler/training.py)."""
     name = "compiled"
-    IMPLEMENTED = False
 
     @classmethod
     def available(cls):
@@ -154,17 +142,52 @@ class CompiledBackend:
             import compiler
         except ImportError:
             return False
-        return cls.IMPLEMENTED and callable(getattr(compiler, "compile", None))
+        return callable(getattr(compiler, "compile", None))
 
     def __init__(self):
         if not self.available():
-            raise RuntimeError("the compiled training backend is not available yet "
-                               "(train.CompiledBackend is pending); use --backend tape")
+            raise RuntimeError("the compiled backend needs the compiler package; use "
+                               "--backend tape")
+        self._programs = {}
 
-    def _pending(self, *a, **k):
-        raise NotImplementedError("CompiledBackend: pending the compiler (see its docstring)")
+    def _core(self, model, batch):
+        from compiler import CompiledProgram
+        key = (id(model.rnn), batch)
+        if key not in self._programs:
+            self._programs[key] = CompiledProgram(model.rnn, 1, batch)
+        return self._programs[key]
 
-    lm_window = lm_eval = loss_and_grads = _pending
+    def lm_window(self, model, inputs, targets, state0, loss_from=0, save_at=()):
+        from compiler.training import head_and_core
+        T, B = inputs.shape
+        if not 0 <= loss_from < T:
+            raise ValueError(f"lm_window: loss_from={loss_from} must lie in [0, {T})")
+        n = (T - loss_from) * B
+
+        def loss_fn(out):
+            logits = model.head(out[loss_from:])
+            return cross_entropy(logits, targets[loss_from:], reduction="sum") / float(n)
+        loss, grads, state, states = head_and_core(
+            model, self._core(model, B), inputs, loss_fn, _numpy_state(state0),
+            return_states=bool(save_at))
+        saved = {b: states[b] for b in save_at}
+        return Window(loss, n, grads, _numpy_state(state), saved)
+
+    def lm_eval(self, model, inputs, targets, state0):
+        from compiler.training import _encode
+        out, state = self._core(model, inputs.shape[1]).forward(_encode(model, inputs),
+                                                                _numpy_state(state0))
+        with no_grad():
+            ce = cross_entropy(model.head(Tensor(out)), targets, reduction="sum").item()
+        return ce, targets.size, _numpy_state(state)
+
+    def loss_and_grads(self, model, *batch):
+        from compiler.training import head_and_core
+        xs, targets = batch[0], batch[1]
+        B = np.shape(xs)[1]
+        loss, grads, _, _ = head_and_core(model, self._core(model, B), xs,
+                                          lambda out: model.head_loss(out, targets))
+        return loss, grads
 
 
 def get_backend(name="auto"):

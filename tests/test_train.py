@@ -274,26 +274,66 @@ def test_lm_config_round_trip():
 
 def test_backends():
     assert train.get_backend("tape").name == "tape"
-    if not train.CompiledBackend.available():
-        assert train.get_backend("auto").name == "tape"
-        with pytest.raises(RuntimeError, match="not available"):
-            train.get_backend("compiled")
+    assert train.get_backend("auto").name == "compiled"   # the compiler is part of the package
     with pytest.raises(ValueError, match="unknown backend"):
         train.get_backend("gpu")
 
 
-@pytest.mark.skipif(not train.CompiledBackend.available(), reason="compiled backend pending")
-def test_compiled_matches_tape():
+def _states_close(a, b):
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell, kw", [("lstm", {}), ("gru", {"num_layers": 2}),
+                                      ("rnn", {"embed_size": 4}), ("gru_v1", {})])
+def test_compiled_window_matches_tape(cell, kw):
     S = streams(N=13, B=2)
+    wins = {}
     for backend in (train.TapeBackend(), train.CompiledBackend()):
-        model = tiny_lm("lstm")
-        w = backend.lm_window(model, S[:-1], S[1:], None, loss_from=4, save_at=[4])
-        if backend.name == "tape":
-            ref = w
-            continue
-        assert w.loss == pytest.approx(ref.loss, rel=1e-10)
-        for k in ref.grads:
-            np.testing.assert_allclose(w.grads[k], ref.grads[k], rtol=1e-9, atol=1e-12)
+        model = tiny_lm(cell, **kw)
+        s0 = model.init_state(2)
+        s0 = tuple(np.full_like(s, 0.3) for s in s0) if isinstance(s0, tuple) else s0 + 0.3
+        wins[backend.name] = backend.lm_window(model, S[:-1], S[1:], s0, loss_from=4,
+                                               save_at=[4, 9])
+    ref, w = wins["tape"], wins["compiled"]
+    assert w.loss == pytest.approx(ref.loss, rel=1e-10) and w.tokens == ref.tokens
+    assert set(w.grads) == set(ref.grads)
+    for k in ref.grads:
+        np.testing.assert_allclose(w.grads[k], ref.grads[k], rtol=1e-9, atol=1e-12)
+    _states_close(w.state, ref.state)
+    assert set(w.saved) == {4, 9}
+    for b in (4, 9):
+        _states_close(w.saved[b], ref.saved[b])
+
+
+def test_compiled_trainer_matches_tape_over_overlapping_windows():
+    """TBPTT(k1=3, k2=5) with clipping and Adam: same weights after an epoch on both backends."""
+    S = streams(N=16, B=2)
+    final = {}
+    for backend in (train.TapeBackend(), train.CompiledBackend()):
+        model = tiny_lm("lstm", H=4)
+        opt = train.make_optimizer("adam", model.parameters(), lr=0.05)
+        tr = train.Trainer(model, opt, k1=3, k2=5, clip_norm=1.0, backend=backend)
+        reports = list(tr.run_epoch(S))
+        final[backend.name] = (model.state_dict(), [r.loss for r in reports],
+                               [r.grad_norm for r in reports])
+    (w_t, l_t, g_t), (w_c, l_c, g_c) = final["tape"], final["compiled"]
+    np.testing.assert_allclose(l_c, l_t, rtol=1e-9)
+    np.testing.assert_allclose(g_c, g_t, rtol=1e-9)
+    for k in w_t:
+        np.testing.assert_allclose(w_c[k], w_t[k], rtol=1e-8, atol=1e-12)
+
+
+def test_compiled_loss_and_grads_on_a_classifier():
+    rng = np.random.default_rng(3)
+    xs, labels = rng.standard_normal((6, 3, 2)), np.array([0, 2, 1])
+    got = {}
+    for backend in (train.TapeBackend(), train.CompiledBackend()):
+        m = gg.SequenceClassifier(2, 4, 3, cell="gru", dtype=np.float64)
+        got[backend.name] = backend.loss_and_grads(m, xs, labels)
+    assert got["compiled"][0] == pytest.approx(got["tape"][0], rel=1e-12)
+    for k, v in got["tape"][1].items():
+        np.testing.assert_allclose(got["compiled"][1][k], v, rtol=1e-10, atol=1e-13)
 
 
 def test_fit_batch_on_a_regressor():
