@@ -164,7 +164,8 @@ class CompiledProgram(ReferenceProgram):
             threads = opts["threads"] if prog.meta["batch"] >= 2 else 1
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
                                    opt=opts["opt"], threads=threads)
-            return (lambda inputs, T: native.run(T, inputs, zero=True)), native
+            # every buffer a schedule reads is an input or written first: no zeroing needed
+            return (lambda inputs, T: native.run(T, inputs, zero=False)), native
         return make
 
     # -- running
