@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from compiler.llvmlib import vecmath
+from compiler.llvmlib import library, vecmath
 from graphgrad.core import PRIMITIVES
 
 # contract lets LLVM fuse a*b+c into one FMA; no reassociation, so results stay within an
@@ -28,11 +28,22 @@ def llvm_float(dtype) -> ir.Type:
 
 
 class LLVMEmitter:
-    """Emitter over values of `width` lanes (width=None: scalars) inserted at `builder`."""
+    """Emitter over values of `width` lanes (width=None: scalars) inserted at `builder`.
 
-    def __init__(self, builder: ir.IRBuilder, width: int | None):
+    outline=True calls the kernel library's out-of-line vector functions (gg_vm_*, linked at
+    load time) for exp/log/tanh/sigmoid instead of inlining the polynomials: same code, a much
+    smaller module to compile.
+    """
+
+    def __init__(self, builder: ir.IRBuilder, width: int | None, outline: bool = False):
         self.b = builder
         self.width = width
+        self.outline = outline
+
+    def _math(self, op, x):
+        if self.outline and library.has_vm(op, x.type):
+            return library.vm_call(self.b, op, x)
+        return vecmath.UNARY[op](self.b, x)
 
     def type_of(self, dtype) -> ir.Type:
         el = llvm_float(dtype)
@@ -52,10 +63,10 @@ class LLVMEmitter:
     def mul(self, x, y): return self.b.fmul(x, y, flags=_FLAGS)
     def div(self, x, y): return self.b.fdiv(x, y)
     def neg(self, x): return self.b.fneg(x)
-    def exp(self, x): return vecmath.exp(self.b, x)
-    def log(self, x): return vecmath.log(self.b, x)
-    def tanh(self, x): return vecmath.tanh(self.b, x)
-    def sigmoid(self, x): return vecmath.sigmoid(self.b, x)
+    def exp(self, x): return self._math("exp", x)
+    def log(self, x): return self._math("log", x)
+    def tanh(self, x): return self._math("tanh", x)
+    def sigmoid(self, x): return self._math("sigmoid", x)
     def relu(self, x): return vecmath.relu(self.b, x)
 
     def positive(self, x):

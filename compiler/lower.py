@@ -1,6 +1,7 @@
 """Lower a scheduled `Program` to one LLVM module with one entry point.
 
-    void run(i64 T, ptr buf_0, ..., ptr buf_n)       (buffers in Program.buffers order)
+    void run(i64 T, ptr buf_0, ..., ptr buf_n, ptr ws)   (buffers in Program.buffers order;
+                                                           ws: Lowered.workspace bytes, 64-aligned)
 
 runs pre, the forward loop over t = 0..T-1, the reverse loop over t = T-1..0 and post, with no
 Python per time step. Slot addressing follows schedule.py: a Ref's pointer is
@@ -9,13 +10,20 @@ the row count by T at run time, so one module serves every T: code size and comp
 depend on the sequence length. `unroll=True` (with a fixed T) emits the loops as straight-line
 code instead, for comparison.
 
-Fused/Copy/Fill kernels come from lower_fused. A Gemm either calls the register-blocked AVX-512
-kernels of compiler.llvmlib.gemm (one emitted function per dtype/transposes/accumulate variant)
-or the external symbols `gg_cblas_sgemm`/`gg_cblas_dgemm` with the ILP64 cblas_?gemm signature,
-which the runtime binds to numpy's bundled OpenBLAS. gemm="auto" sends the whole-sequence products
-(pre/post, thousands of rows) and large per-step products (>= BLAS_MIN_FMAS multiply-adds, where
-the weight no longer fits in L2 and BLAS's packing wins) to BLAS, and keeps small per-step
-products in our unpacked kernels (measured at B=32, H=128: 72-100 us vs 106 us per step).
+Fused/Copy/Fill kernels come from lower_fused. With library=True (the default) the module only
+declares what the shared kernel library (compiler/llvmlib/library.py, compiled once per dtype and
+linked by runtime/library.py) defines: the packed GEMM gg_gemm_<f32|f64> and the out-of-line
+vector transcendental functions, so each program module is small and compiles fast. A per-step
+Gemm whose B operand is a loop-invariant "param" buffer that the loops never write (the recurrent
+weight) has B packed once per call, right after the pre stage, into a workspace region
+(gg_prepack), and every step streams the packed panels. Other own Gemms pack their B blocks into
+a workspace scratch as they go. library=False restores the self-contained module (unpacked
+kernels of compiler.llvmlib.gemm emitted per variant, inlined vecmath), kept for comparison.
+
+A Gemm may instead call the external symbols `gg_cblas_sgemm`/`gg_cblas_dgemm` with the ILP64
+cblas_?gemm signature, which the runtime binds to numpy's bundled OpenBLAS. gemm="auto" sends the
+whole-sequence products (pre/post, thousands of rows) to BLAS and keeps the per-step products in
+our kernels; "llvm" uses our kernels everywhere, "blas" BLAS everywhere.
 """
 from __future__ import annotations
 
@@ -24,9 +32,11 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from compiler.llvmlib import gemm as gemmlib
+from compiler.llvmlib import pgemm
 from compiler.lower_fused import I64, PTR, counted_loop, emit_fused, kernel_refs, as_fused
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
+from compiler.schedule import kernel_refs as sched_refs
 
 
 @dataclass
@@ -36,7 +46,8 @@ class Lowered:
     arg_names: list             # buffer names, in the order they follow T in the signature
     unroll_T: int | None        # the T baked in by unroll=True, else None
     n_kernels: int
-    externals: list             # external symbols the runtime must bind (BLAS)
+    externals: list             # external symbols the runtime must bind (BLAS, kernel library)
+    workspace: int = 0          # bytes of the trailing ws argument (packed weights, scratch)
 
 
 BLAS_SYMBOLS = {"float32": "gg_cblas_sgemm", "float64": "gg_cblas_dgemm"}
@@ -45,7 +56,7 @@ BLAS_MIN_FMAS = 1 << 23
 
 
 def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: str = "auto",
-          entry: str = "run") -> Lowered:
+          entry: str = "run", library: bool = True) -> Lowered:
     """Build the module text; unroll=True needs T and makes `run` valid for that T only."""
     validate(prog)
     if gemm not in GEMM_MODES:
@@ -54,12 +65,13 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
         raise ValueError("lower: unroll=True needs the sequence length T >= 1")
     mod = ir.Module(name=f"graphgrad_{entry}")
     names = list(prog.buffers)
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(names)), name=entry)
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1)),
+                     name=entry)
     fn.args[0].name = "T"
-    for a, n in zip(fn.args[1:], names):
+    for a, n in zip(fn.args[1:], names + ["ws"]):
         a.name = n
         a.add_attribute("noalias")
-    cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm)
+    cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm, library, fn.args[-1])
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     nT = ir.Constant(I64, T) if unroll else fn.args[0]
     cg.T = nT
@@ -71,6 +83,7 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
             cg.call(b, k, f, t)
 
     stage("pre", None)
+    cg.prepack(b)
     for s, rev in (("fwd_loop", False), ("bwd_loop", True)):
         if not getattr(prog, s):
             continue
@@ -83,21 +96,63 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
                                                       if rev else i))
     stage("post", None)
     b.ret_void()
+    externals = cg.externals | {f.name for f in mod.functions
+                                if f.is_declaration and f.name.startswith("gg_")}
     return Lowered(str(mod), entry, names, T if unroll else None,
-                   sum(len(getattr(prog, s)) for s in STAGES), sorted(cg.externals))
+                   sum(len(getattr(prog, s)) for s in STAGES), sorted(externals), cg.ws_bytes)
 
 
 class _Codegen:
-    def __init__(self, mod, prog, args, gemm):
+    def __init__(self, mod, prog, args, gemm, library=True, ws=None):
         self.mod, self.prog, self.args, self.gemm = mod, prog, args, gemm
+        self.library, self.ws = library, ws
         self.T = None
         self.externals = set()
+        self.ws_bytes = 0
+        self.scratch = {}       # dtype -> ws offset of the gemm packing scratch
+        self.packed = {}        # (buf, col, cols, trans_b) -> ws offset of its packed copy
+        self.loop_writes = {r.buf for s in ("fwd_loop", "bwd_loop") for k in getattr(prog, s)
+                            for r in sched_refs(k)[1]}
+
+    def alloc(self, nbytes):
+        off = self.ws_bytes
+        self.ws_bytes += -(-nbytes // 64) * 64
+        return off
+
+    def ws_ptr(self, b, off):
+        return b.gep(self.ws, [ir.Constant(I64, off)], inbounds=True, source_etype=ir.IntType(8))
+
+    def _packable(self, k, stage):
+        buf = self.prog.buffers[k.b.buf]
+        return (stage in ("fwd_loop", "bwd_loop") and buf.kind == "param" and buf.steps is None
+                and k.b.buf not in self.loop_writes)
+
+    def _pack_key(self, k):
+        return (k.b.buf, k.b.col, k.b.cols, k.trans_b)
+
+    def _kn(self, k):
+        """(K, N) of op(B) for a Gemm."""
+        rows, _, _, cols, _ = ref_window(self.prog, k.b)
+        return (cols, rows) if k.trans_b else (rows, cols)
+
+    def prepack(self, b):
+        """Pack every loop-invariant B operand once (after pre, before the loops)."""
+        for (name, col, cols, trans_b), (off, k) in self.packed.items():
+            dtype = self.prog.buffers[name].dtype
+            K, N = self._kn(k)
+            ldb = ref_window(self.prog, k.b)[4]
+            c = lambda v: ir.Constant(I64, v)  # noqa: E731
+            b.call(pgemm.declare(self.mod, "gg_prepack", dtype),
+                   [self.ptr(b, k.b, None), c(ldb), c(int(trans_b)), c(K), c(N),
+                    self.ws_ptr(b, off)])
 
     def use_blas(self, k, stage):
         if self.gemm != "auto":
             return self.gemm == "blas"
         if stage in ("pre", "post"):
             return True
+        if self.library:
+            return False
         a_rows, _, _, a_cols, _ = ref_window(self.prog, k.a)
         return a_rows * a_cols * ref_window(self.prog, k.out)[3] >= BLAS_MIN_FMAS
 
@@ -110,6 +165,18 @@ class _Codegen:
             return self.mod.globals.get(name) or ir.Function(self.mod, ir.FunctionType(
                 ir.VoidType(), [i32] * 3 + [I64] * 3 + [fty, PTR, I64, PTR, I64, fty, PTR, I64]),
                 name=name)
+        if isinstance(k, Gemm) and self.library:
+            dtype = self.prog.buffers[k.out.buf].dtype
+            if self._packable(k, stage):
+                key = self._pack_key(k)
+                if key not in self.packed:
+                    K, N = self._kn(k)
+                    esize = 8 if dtype == "float64" else 4
+                    self.packed[key] = (self.alloc(pgemm.packed_elems(dtype, K, N) * esize), k)
+            elif dtype not in self.scratch:
+                esize = 8 if dtype == "float64" else 4
+                self.scratch[dtype] = self.alloc(pgemm.workspace_elems(dtype) * esize)
+            return pgemm.declare(self.mod, "gg_gemm", dtype)
         if isinstance(k, Gemm):
             dtype = self.prog.buffers[k.out.buf].dtype
             name = (f"gg_gemm_{dtype}_{'t' if k.trans_a else 'n'}{'t' if k.trans_b else 'n'}"
@@ -118,7 +185,8 @@ class _Codegen:
                 gemmlib.emit_gemm(self.mod, name, dtype, trans_a=k.trans_a, trans_b=k.trans_b,
                                   accumulate=k.accumulate)
             return self.mod.globals[name]
-        return emit_fused(self.mod, self.prog, k, f"k_{tag}_{getattr(k, 'name', 'op')}")
+        return emit_fused(self.mod, self.prog, k, f"k_{tag}_{getattr(k, 'name', 'op')}",
+                          outline=self.library)
 
     def rows(self, b, ref):
         rows, per_t, _, _, _ = ref_window(self.prog, ref)
@@ -157,6 +225,18 @@ class _Codegen:
                 b.call(f, [row_major, yes if k.trans_a else no, yes if k.trans_b else no, m, n,
                            kk, ir.Constant(fty, 1.0), pa, lda, pb, ldb,
                            ir.Constant(fty, 1.0 if k.accumulate else 0.0), pc, ldc])
+            elif f.name.startswith("gg_gemm_f"):
+                sai, sak = (c(1), lda) if k.trans_a else (lda, c(1))
+                dtype = self.prog.buffers[k.out.buf].dtype
+                key = self._pack_key(k)
+                packed = t is not None and self._packable(k, "fwd_loop") and key in self.packed
+                if packed:
+                    pb = self.ws_ptr(b, self.packed[key][0])
+                    scratch = self.ws_ptr(b, 0)
+                else:
+                    scratch = self.ws_ptr(b, self.scratch[dtype])
+                b.call(f, [pa, sai, sak, pb, ldb, c(int(k.trans_b)), pc, ldc, m, n, kk,
+                           c(int(k.accumulate)), scratch, c(int(packed))])
             else:
                 b.call(f, [pa, pb, pc, m, n, kk, lda, ldb, ldc])
             return

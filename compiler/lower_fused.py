@@ -82,7 +82,7 @@ class _Vec:
         return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
 
 
-def emit_fused(module: ir.Module, prog, k, name: str) -> ir.Function:
+def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> ir.Function:
     k = as_fused(k)
     refs = kernel_refs(k)
     rows, _, cols = fused_domain(prog, k)
@@ -124,15 +124,15 @@ def emit_fused(module: ir.Module, prog, k, name: str) -> ir.Function:
         for i, ((ref, v, ld), a) in enumerate(zip(info, fn.args)):
             full = i >= nin and i < nin + nout or i < nin and k.inputs[i][1] == "full"
             bases.append(v.ptr(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
-        columns(lambda j, m: _body(b, k, info, bases, width, j, m))
+        columns(lambda j, m: _body(b, k, info, bases, width, j, m, outline))
 
     counted_loop(b, ir.Constant(I64, 0), nrows, 1, row)
     b.ret_void()
     return fn
 
 
-def _body(b, k, info, bases, width, j, mask):
-    e = LLVMEmitter(b, width)
+def _body(b, k, info, bases, width, j, mask, outline=False):
+    e = LLVMEmitter(b, width, outline)
     env = {}
     for i, (ref, bc) in enumerate(k.inputs):
         v = info[i][1]

@@ -23,6 +23,7 @@ from compiler import lower as lowering
 from compiler.sched_numpy import allocate, user_view
 from compiler.schedule import Program, is_batched, with_batch
 from runtime import cache, jit
+from runtime import library as kernel_library
 
 
 def _libc_externals():
@@ -59,18 +60,24 @@ class _Instance:
         obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
-                                 *[ctypes.c_void_p] * len(self.lowered.arg_names))
+                                 *[ctypes.c_void_p] * (len(self.lowered.arg_names) + 1))
         self.loaded = jit.load(obj, {self.lowered.entry: proto},
-                               {**_libc_externals(), **blas_externals()})
+                               {**_libc_externals(), **blas_externals(),
+                                **kernel_library.externals(self.lowered.externals)})
         self.fn = self.loaded[self.lowered.entry]
         self.T, self.store, self.ptrs = None, None, None
+        self.ws = None
 
     def run(self, T, inputs, zero):
         if self.lowered.unroll_T is not None and T != self.lowered.unroll_T:
             raise ValueError(f"this program was unrolled for T={self.lowered.unroll_T}, got T={T}")
         if T != self.T:
             self.store, self.T = allocate(self.prog, T), T
-            self.ptrs = [self.store[n].ctypes.data for n in self.lowered.arg_names]
+            if self.ws is None:     # packed weights + gemm scratch, 64-byte aligned
+                raw = np.empty(self.lowered.workspace + 64, np.uint8)
+                self.ws = raw[-raw.ctypes.data % 64:][:max(self.lowered.workspace, 1)]
+            self.ptrs = [self.store[n].ctypes.data for n in self.lowered.arg_names] + \
+                [self.ws.ctypes.data]
         elif zero:
             for n, a in self.store.items():
                 if n not in inputs:
@@ -121,7 +128,8 @@ class NativeProgram:
             # Two halves need their own buffers even when the code is shared.
             self.parts = [first, _Instance.__new__(_Instance) if second is first else second]
             if second is first:
-                self.parts[1].__dict__.update(first.__dict__, T=None, store=None, ptrs=None)
+                self.parts[1].__dict__.update(first.__dict__, T=None, store=None, ptrs=None,
+                                              ws=None)
             self.split = b1
             self._pool = ThreadPoolExecutor(2)
         self.lowered = self.parts[0].lowered

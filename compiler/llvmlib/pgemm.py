@@ -1,0 +1,263 @@
+"""Packed, cache-blocked GEMM emitted as LLVM IR (the kernel library's matrix products).
+
+C[M,N] (+)= op(A)[M,K] @ op(B)[K,N], row-major. op(A) is read through element strides
+(sai, sak): A[i,k] at A + i*sai + k*sak, so A^T costs nothing (the A scalars are broadcast, never
+loaded as vectors). B is packed into panels of NR = 4 vectors (64 float32 / 32 float64 columns):
+panel p holds B[k, p*NR : p*NR+NR] for every k, contiguous, zero-padded past N.
+
+Functions, per dtype tag ("f32"/"f64"), all `void`:
+  gg_pack_<tag>(B, ldb, trans_b, kc, nc, dst)          pack a kc x nc block (trans_b: B is N x K)
+  gg_prepack_<tag>(B, ldb, trans_b, K, N, dst)         pack a whole operand once (a loop-invariant
+      weight reused every step): K block k0 (kc rows) holds all panels at dst + k0 * Npad, Npad =
+      N rounded up to NR, so the chunk (k0, j0) of gg_gemm starts at dst + k0*Npad + j0*kc.
+  gg_gemm_<tag>(A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed)
+      K blocks of KC x N chunks of NCB: the chunk (1 MB, stays in L2) is packed into `ws`
+      (KC*NCB elements) unless packed=1 (B is then a gg_prepack buffer, ldb/trans_b/ws unused);
+      then row blocks of MR outer (their A slice, MR x KC, stays in L1), panels inner.
+The micro-kernel keeps MR x 4 accumulators (6 x 4 = 24 zmm) and per k step loads 4 panel vectors
+and broadcasts MR A scalars; rows past a multiple of MR use the exact-height kernel, columns past
+N use masked stores. acc (0/1) selects C += instead of C =.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop
+
+MR, NV, UNROLL = 6, 4, 4
+KC = 256
+
+
+def ncb(dtype):
+    """Columns per packed chunk of the general kernel (KC x NCB is 1 MB)."""
+    return 1024 if dtype == "float32" else 512
+
+
+def nr(dtype):
+    return NV * (16 if dtype == "float32" else 8)
+
+
+def tag(dtype):
+    return "f32" if dtype == "float32" else "f64"
+
+
+def workspace_elems(dtype):
+    return KC * ncb(dtype)
+
+
+def packed_elems(dtype, K, N):
+    """Elements of a gg_prepack copy of a K x N operand (N rounded up to panels)."""
+    n = nr(dtype)
+    return -(-N // n) * n * K
+
+
+SIGS = {  # name prefix -> argument kinds ("p" pointer, "i" i64)
+    "gg_pack": "pii" "iip",
+    "gg_prepack": "pii" "iip",
+    "gg_gemm": "pii" "pii" "pi" "iiii" "pi",
+}
+
+
+def fn_type(prefix):
+    return ir.FunctionType(ir.VoidType(), [PTR if c == "p" else I64 for c in SIGS[prefix]])
+
+
+def declare(module, prefix, dtype):
+    name = f"{prefix}_{tag(dtype)}"
+    return module.globals.get(name) or ir.Function(module, fn_type(prefix), name=name)
+
+
+def _masks(kit, b, nrem):
+    """NV lane masks: column v*w + lane < nrem."""
+    vi = ir.VectorType(I64, kit.w)
+    s = b.insert_element(ir.Constant(vi, None), nrem, ir.Constant(I32, 0))
+    s = b.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, kit.w), [0] * kit.w))
+    return [b.icmp_signed("<", ir.Constant(vi, [v * kit.w + i for i in range(kit.w)]), s)
+            for v in range(NV)]
+
+
+def _microkernel(kit, mr):
+    name = f"gg_mk_{kit.tag}_{mr}"
+    if name in kit.mod.globals:
+        return kit.mod.globals[name]
+    fn = ir.Function(kit.mod, ir.FunctionType(ir.VoidType(), [PTR] * 3 + [I64] * 6), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    A, Bp, C, sai, sak, ldc, kc, nrem, acc = fn.args
+    for a in (A, Bp, C):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    w, nrv = kit.w, NV * kit.w
+    arows = [kit.gep(b, A, b.mul(_c(i), sai)) for i in range(mr)]
+
+    def kstep(k, accs):
+        bp = kit.gep(b, Bp, b.mul(k, _c(nrv)))
+        bv = [kit.vload(b, kit.gep(b, bp, _c(v * w))) for v in range(NV)]
+        out = []
+        for i in range(mr):
+            a = kit.splat(b, b.load(kit.gep(b, arows[i], b.mul(k, sak)), typ=kit.fty))
+            out += [kit.fma(b, a, bv[v], accs[i * NV + v]) for v in range(NV)]
+        return out
+
+    def unrolled(k, accs):
+        for u in range(UNROLL):
+            accs = kstep(b.add(k, _c(u)) if u else k, accs)
+        return accs
+
+    zero = ir.Constant(kit.vty, 0.0)
+    kfull = b.mul(b.sdiv(kc, _c(UNROLL)), _c(UNROLL))
+    accs = _loop(b, _c(0), kfull, _c(UNROLL), [zero] * (mr * NV), unrolled)
+    accs = _loop(b, kfull, kc, _c(1), accs, kstep)
+    masks = _masks(kit, b, nrem)
+    add_blk, set_blk = fn.append_basic_block("acc"), fn.append_basic_block("set")
+    b.cbranch(b.icmp_signed("!=", acc, _c(0)), add_blk, set_blk)
+    for blk, add in ((add_blk, True), (set_blk, False)):
+        b.position_at_end(blk)
+        for i in range(mr):
+            crow = kit.gep(b, C, b.mul(_c(i), ldc))
+            for v in range(NV):
+                p, x = kit.gep(b, crow, _c(v * w)), accs[i * NV + v]
+                if add:
+                    x = b.fadd(kit.vload(b, p, masks[v]), x)
+                kit.vstore(b, x, p, masks[v])
+        b.ret_void()
+    return fn
+
+
+def _row_blocks(b, M, call):
+    """call(i0, mr) for full MR blocks, then one exact-height call for the remainder."""
+    mfull = b.mul(b.sdiv(M, _c(MR)), _c(MR))
+    _loop(b, _c(0), mfull, _c(MR), [], lambda i, _: call(i, MR))
+    fn = b.function
+    done = fn.append_basic_block()
+    sw = b.switch(b.sub(M, mfull), done)
+    for mr in range(1, MR):
+        blk = fn.append_basic_block()
+        sw.add_case(_c(mr), blk)
+        b.position_at_end(blk)
+        call(mfull, mr)
+        b.branch(done)
+    b.position_at_end(done)
+
+
+def _new(kit, prefix):
+    fn = ir.Function(kit.mod, fn_type(prefix), name=f"{prefix}_{tag_of(kit)}")
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def tag_of(kit):
+    return "f64" if kit.f64 else "f32"
+
+
+def _emit_pack(kit):
+    """dst[p][k][0:NR] = B[k, p*NR + 0:NR] for k < kc, zero past nc."""
+    fn, b = _new(kit, "gg_pack")
+    B, ldb, trans_b, kc, nc, dst = fn.args
+    w, nrv = kit.w, NV * kit.w
+    npan = b.sdiv(b.add(nc, _c(nrv - 1)), _c(nrv))
+    nn_blk, nt_blk, done = (fn.append_basic_block(n) for n in ("nn", "nt", "done"))
+    b.cbranch(b.icmp_signed("!=", trans_b, _c(0)), nt_blk, nn_blk)
+
+    b.position_at_end(nn_blk)
+
+    def nn_panel(p, _):
+        masks = _masks(kit, b, b.sub(nc, b.mul(p, _c(nrv))))
+        dp = kit.gep(b, dst, b.mul(b.mul(p, kc), _c(nrv)))
+
+        def row(k, _):
+            src = kit.gep(b, B, b.add(b.mul(k, ldb), b.mul(p, _c(nrv))))
+            d = kit.gep(b, dp, b.mul(k, _c(nrv)))
+            for v in range(NV):
+                kit.vstore(b, kit.vload(b, kit.gep(b, src, _c(v * w)), masks[v]),
+                           kit.gep(b, d, _c(v * w)))
+        _loop(b, _c(0), kc, _c(1), [], row)
+    _loop(b, _c(0), npan, _c(1), [], nn_panel)
+    b.branch(done)
+
+    b.position_at_end(nt_blk)   # B stored N x K: B[k, j] = Bt[j*ldb + k]
+
+    def nt_col(j, _):
+        p, jj = b.sdiv(j, _c(nrv)), b.srem(j, _c(nrv))
+        dp = kit.gep(b, dst, b.add(b.mul(b.mul(p, kc), _c(nrv)), jj))
+        inside = b.icmp_signed("<", j, nc)
+        src = kit.gep(b, B, b.mul(b.select(inside, j, _c(0)), ldb))
+
+        def elem(k, _):
+            x = b.load(kit.gep(b, src, k), typ=kit.fty)
+            b.store(b.select(inside, x, ir.Constant(kit.fty, 0.0)),
+                    kit.gep(b, dp, b.mul(k, _c(nrv))))
+        _loop(b, _c(0), kc, _c(1), [], elem)
+    _loop(b, _c(0), b.mul(npan, _c(nrv)), _c(1), [], nt_col)
+    b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _emit_prepack(kit):
+    """Pack a whole K x N operand once: K blocks of KC, each as panels of kc x NR."""
+    fn, b = _new(kit, "gg_prepack")
+    B, ldb, trans_b, K, N, dst = fn.args
+    nrv = NV * kit.w
+    npad = b.mul(b.sdiv(b.add(N, _c(nrv - 1)), _c(nrv)), _c(nrv))
+    pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
+
+    def kblock(k0, _):
+        kc = b.select(b.icmp_signed("<", _c(KC), b.sub(K, k0)), _c(KC), b.sub(K, k0))
+        src = b.select(b.icmp_signed("!=", trans_b, _c(0)), k0, b.mul(k0, ldb))
+        b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, N, kit.gep(b, dst, b.mul(k0, npad))])
+    _loop(b, _c(0), K, _c(KC), [], kblock)
+    b.ret_void()
+    return fn
+
+
+def _emit_gemm(kit, dtype):
+    fn, b = _new(kit, "gg_gemm")
+    A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed = fn.args
+    nrv, chunk = NV * kit.w, ncb(dtype)
+    pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
+    npad = b.mul(b.sdiv(b.add(N, _c(nrv - 1)), _c(nrv)), _c(nrv))
+    is_packed = b.icmp_signed("!=", packed, _c(0))
+    smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)  # noqa: E731
+
+    def kblock(k0, _):
+        kc = smin(_c(KC), b.sub(K, k0))
+        accf = b.select(b.icmp_signed(">", k0, _c(0)), _c(1), acc)
+        a0 = kit.gep(b, A, b.mul(k0, sak))
+
+        def chunk_(j0, _):
+            nc = smin(_c(chunk), b.sub(N, j0))
+            src = b.select(b.icmp_signed("!=", trans_b, _c(0)), b.add(b.mul(j0, ldb), k0),
+                           b.add(b.mul(k0, ldb), j0))
+            do_pack, after = fn.append_basic_block("pack"), fn.append_basic_block("packed")
+            b.cbranch(is_packed, after, do_pack)
+            b.position_at_end(do_pack)
+            b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, nc, ws])
+            b.branch(after)
+            b.position_at_end(after)
+            bp = b.select(is_packed, kit.gep(b, B, b.add(b.mul(k0, npad), b.mul(j0, kc))), ws)
+            npan = b.sdiv(b.add(nc, _c(nrv - 1)), _c(nrv))
+
+            def rows(i0, mr):
+                ai = kit.gep(b, a0, b.mul(i0, sai))
+                ci = kit.gep(b, C, b.add(b.mul(i0, ldc), j0))
+
+                def panel(p, _):
+                    jp = b.mul(p, _c(nrv))
+                    b.call(_microkernel(kit, mr), [ai, kit.gep(b, bp, b.mul(jp, kc)),
+                                                   kit.gep(b, ci, jp), sai, sak, ldc, kc,
+                                                   b.sub(nc, jp), accf])
+                _loop(b, _c(0), npan, _c(1), [], panel)
+            _row_blocks(b, M, rows)
+        _loop(b, _c(0), N, _c(chunk), [], chunk_)
+    _loop(b, _c(0), K, _c(KC), [], kblock)
+    b.ret_void()
+    return fn
+
+
+def emit_all(module: ir.Module, dtype: str):
+    """Emit gg_pack/gg_prepack/gg_gemm for dtype into module (external linkage)."""
+    kit = _Kit(module, dtype)
+    _emit_pack(kit)
+    _emit_prepack(kit)
+    _emit_gemm(kit, dtype)
