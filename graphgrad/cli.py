@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
@@ -17,59 +16,8 @@ def command(name, help):
     return wrap
 
 
-def _add_demo(p):
-    p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=25)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-
-
-@command("demo", "train a small character LSTM on Python's own documentation text and sample it")
-def demo(args):
-    import graphgrad as gg
-    from graphgrad import data, optim
-    from tqdm import tqdm
-
-    text = data.pydoc_text(max_chars=200_000)
-    vocab = data.CharVocab(text)
-    ids = vocab.encode(text)
-    model = gg.LanguageModel(vocab.size, args.hidden, cell="lstm", seed=args.seed)
-    opt = optim.Adam(model.parameters(), lr=3e-3)
-    print(f"char-LSTM: vocab {vocab.size}, hidden {args.hidden}, {model.num_parameters():,} "
-          f"parameters, T={args.seq_len}, B={args.batch}, tape autodiff")
-    batches = data.stream_batches(ids, args.batch, args.seq_len, drop_last=True)
-    state, first, t0 = None, None, time.perf_counter()
-    bar = tqdm(range(args.steps), desc="train", unit="step", disable=None)
-    for step in bar:
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = data.stream_batches(ids, args.batch, args.seq_len, drop_last=True)
-            x, y = next(batches)
-        opt.zero_grad()
-        loss, state = model.loss(x, y, state)
-        loss.backward()
-        norm = optim.clip_grad_norm(model.parameters(), 5.0)
-        opt.step()
-        state = tuple(s.detach() for s in state)  # truncate BPTT at the chunk edge
-        first = first if first is not None else loss.item()
-        bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{gg.perplexity(loss):.1f}",
-                        gnorm=f"{norm:.2f}")
-    bar.close()
-    took = time.perf_counter() - t0
-    print(f"loss {first:.3f} -> {loss.item():.3f} (perplexity {np.exp(first):.1f} -> "
-          f"{gg.perplexity(loss):.1f}) in {args.steps} steps, {took:.1f} s")
-    rep = _gradcheck_lstm()
-    print(f"gradient check (float64 LSTM vs central differences): worst relative error "
-          f"{rep.max_rel_err:.1e} {'ok' if rep.ok else 'FAILED'}")
-    for temp in (0.5, 1.0):
-        out = model.sample(vocab.encode("The "), 120, temperature=temp, rng=args.seed)
-        print(f"\n--- sample, temperature {temp} ---\nThe {vocab.decode(out)}")
-    return 0 if rep.ok else 1
-
-
-def _gradcheck_lstm(cell="lstm", T=4, B=2, I=3, H=4, seed=0):
+def gradcheck_lstm(cell="lstm", T=4, B=2, I=3, H=4, seed=0):
+    """A small float64 model vs central finite differences (the demo's sanity line)."""
     import graphgrad as gg
     m = gg.make_rnn(cell, I, H, dtype=np.float64, seed=seed)
     xs = np.random.default_rng(seed).standard_normal((T, B, I))
@@ -82,8 +30,7 @@ def flow_cmd(args):
     return flow_main(args.rest)
 
 
-PARSERS = {"demo": _add_demo,
-           "flow": lambda p: p.add_argument("rest", nargs=argparse.REMAINDER)}
+PARSERS = {"flow": lambda p: p.add_argument("rest", nargs=argparse.REMAINDER)}
 
 
 def _register_subcommands():

@@ -5,7 +5,7 @@ Each module has HELP (one line), add_arguments(parser) and run(args) -> exit cod
 registers them. User-facing problems are raised as ValueError / OSError, which the CLI turns into
 one line on stderr.
 """
-from . import bench, compile, gradcheck, sample, train
+from . import bench, compile, demo, gradcheck, sample, train
 
-MODULES = {"train": train, "sample": sample, "gradcheck": gradcheck, "compile": compile,
+MODULES = {"demo": demo, "train": train, "sample": sample, "gradcheck": gradcheck, "compile": compile,
            "bench": bench}
