@@ -54,7 +54,7 @@ class _Layer:
         tag = f"layer {ld.layer} direction {ld.direction}"
         self.params = list(ld.step.params)
         self.B, self.T, self.options = B, T, options
-        k = graph_cache.key(ir.dump(ld.step.G), ld.bwd.graph["wrt"], B)
+        k = graph_cache.key(graph_cache.graph_text(ld.step.G), ld.bwd.graph["wrt"], B)
         cached = graph_cache.get(k) if dumps is None else None
         if cached is not None:
             self.builds = cached

@@ -292,6 +292,14 @@ class _Builder:
         if st == loop_stage and nid not in self.homes and not is_col_view(self.node(nid)):
             self.homes[nid] = home
             return
+        if st == "inv" and self.literal(nid) is None:
+            # a parameter-derived per-step value (e.g. zeros for an input the step never
+            # reads): one numpy-filled buffer, copied into every step's slot
+            if nid not in self.homes:
+                name = self.buffer(f"inv{nid}", self.node(nid).shape, None, "param")
+                self.inv[name] = nid
+                self.homes[nid] = Home(name)
+            loop_stage = "fwd" if loop_stage == "fwd" else "bwd"
         self.out_copies[STAGE_LIST[loop_stage]].append((nid, home))
 
     # ---------------------------------------------------------------- emission
@@ -310,8 +318,14 @@ class _Builder:
         raise AssertionError(f"value %{nid} ({n.op}) has no storage")
 
     def literal(self, nid):
+        """The float a node always equals, if it is a (broadcast) scalar constant."""
         n = self.node(nid)
-        if n.op == "const" and int(np.prod(n.shape, dtype=np.int64)) == 1 and nid not in self.homes:
+        if nid in self.homes:
+            return None
+        if n.op == "broadcast_to":
+            src = self.args(nid)[0]
+            return self.literal(src) if int(np.prod(self.node(src).shape)) == 1 else None
+        if n.op == "const" and int(np.prod(n.shape, dtype=np.int64)) == 1:
             return float(ir.const_value(n).reshape(()))
         return None
 

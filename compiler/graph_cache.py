@@ -33,6 +33,18 @@ def _fingerprint() -> str:
     return h.hexdigest()
 
 
+def graph_text(G) -> str:
+    """The graph's dump plus the bytes of every constant (the dump shows only their shapes)."""
+    from . import ir
+    h = hashlib.sha256()
+    for nid in sorted(G.nodes):
+        n = ir.node(G, nid)
+        if n.op == "const":
+            h.update(f"{nid}:".encode())
+            h.update(ir.const_value(n).tobytes())
+    return ir.dump(G) + "\n#consts " + h.hexdigest()
+
+
 def key(*parts) -> str:
     h = hashlib.sha256(_fingerprint().encode())
     for part in parts:

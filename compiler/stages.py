@@ -153,8 +153,8 @@ def assign(J, batch, n_fwd_outputs, train=True):
                 placed[nid] = "bwd" if nid in loop else "contract"
             elif nid in loop:
                 placed[nid] = "bwd"
-            elif args and all(a in summed or stage.get(a) == "inv" for a in args) \
-                    and any(a in summed for a in args) and n.op in LINEAR:
+            elif args and all(a in summed or not dep[a] for a in args) \
+                    and any(a in summed for a in args) and _linear_in_summed(n.op, args, summed):
                 summed.add(nid)
                 placed[nid] = "tail"
             elif row_mappable(J, nid, dep, batch) and not any(a in summed for a in args):
@@ -168,6 +168,17 @@ def assign(J, batch, n_fwd_outputs, train=True):
         stage[nid] = s
     _check_tail(J, stage)
     return stage, dep
+
+
+def _linear_in_summed(op, args, summed):
+    """Is the op linear in its summed operands (the others being parameter-derived)?"""
+    if op in LINEAR:
+        return True
+    if op == "mul":
+        return sum(a in summed for a in args) == 1
+    if op == "div":
+        return args[0] in summed and args[1] not in summed
+    return False
 
 
 def _check_tail(J, stage):

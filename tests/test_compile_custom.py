@@ -288,12 +288,6 @@ def _with_array_constant(value):
     return gg.Recurrent(step, {"W": np.full((I, 4), 0.1)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compiler/graph_cache.py keys the built schedules by ir.dump(step graph), and ir.dump prints "
-    "a non-scalar const node as 'const : float64[4]()' without its value: two steps that differ "
-    "only in a captured numpy array get the same key, and the second compile reuses the first's "
-    "J (whose inv values api._Layer._inputs evaluates), so it silently computes with the first "
-    "array"))
 def test_array_constants_are_part_of_the_schedule_cache_key(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(0)
@@ -305,11 +299,7 @@ def test_array_constants_are_part_of_the_schedule_cache_key(tmp_path, monkeypatc
         check(compare(prog, model, xs, h0), np.float64, f"array constant {value}")
 
 
-# ---------------------------------------------------------------- known compiler bugs
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "build.py: when the step never reads x, d_x is the invariant zero broadcast_to(0.0, (B, I)) "
-    "(stage 'inv') but it is still a graph output; build's ref() finds no home for it and raises "
-    "AssertionError('value %N (broadcast_to) has no storage') instead of returning zeros"))
+# ---------------------------------------------------------------- once-bugs, kept as regressions
 def test_step_that_ignores_x():
     rng = np.random.default_rng(0)
     model = gg.Recurrent(lambda p, x, h: (h, gg.tanh(h @ p["Wh"] + p["b"])),
@@ -324,13 +314,6 @@ def step_scaled_bias(p, x, h):
     return h, h
 
 
-@pytest.mark.xfail(strict=True, raises=CompileError, reason=(
-    "stages.assign: d_b = 2.0 * sum_t colsum(dG_t) needs a mul of a summed (contracted) value by "
-    "a constant after the loop, but 'tail' only admits ops in stages.LINEAR (no mul/div by an "
-    "invariant), so the node falls back into the reverse loop and build fails with "
-    "'reshape: no native lowering for a per-step reshape here (shape [4])' (B=1: 'mul: native "
-    "lowering works on (batch, features) values'); same for p['b'] / 2, p['b'] * p['b']. "
-    "A scaled weight matrix (h @ (W * 0.5)) compiles"))
 def test_step_with_scaled_bias():
     rng = np.random.default_rng(0)
     model = gg.Recurrent(step_scaled_bias, {"Wx": rng.normal(size=(I, 4)),

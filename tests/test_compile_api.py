@@ -1,0 +1,110 @@
+"""compiler.compile beyond forward/vjp: task models, any T per call, states, parameter maps,
+inspection and the `graphgrad compile` command."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import compiler
+import graphgrad as gg
+
+
+def _tape_grads(m, loss):
+    m.zero_grad()
+    loss.backward()
+    return {k: (p.grad if p.grad is not None else np.zeros_like(p.data))
+            for k, p in m.parameters().items()}
+
+
+@pytest.mark.parametrize("kw", [{"cell": "lstm"}, {"cell": "gru", "embed_size": 6, "num_layers": 2}])
+def test_value_and_grad_of_a_language_model(kw):
+    m = gg.LanguageModel(7, 5, dtype=np.float64, **kw)
+    rng = np.random.default_rng(0)
+    ids, tg = rng.integers(0, 7, (6, 3)), rng.integers(0, 7, (6, 3))
+    prog = compiler.compile(m, 6, 3)
+    loss, grads, state = prog.value_and_grad(ids, tg)
+    ref, ref_state = m.loss(ids, tg)
+    want = _tape_grads(m, ref)
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    assert set(grads) == set(want)
+    for k, v in want.items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-10, atol=1e-13)
+    for a, b in zip(state if isinstance(state, tuple) else (state,),
+                    ref_state if isinstance(ref_state, tuple) else (ref_state,)):
+        np.testing.assert_allclose(a, b.data, rtol=1e-12)
+
+
+def test_value_and_grad_of_a_regressor():
+    m = gg.SequenceRegressor(2, 4, cell="rnn", dtype=np.float64)
+    rng = np.random.default_rng(1)
+    xs, y = rng.standard_normal((5, 3, 2)), rng.standard_normal(3)
+    loss, grads, _ = compiler.compile(m, 5, 3, backend="numpy").value_and_grad(xs, y)
+    ref = m.loss(xs, y)
+    want = _tape_grads(m, ref)
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for k, v in want.items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-10, atol=1e-13)
+
+
+def test_one_program_serves_every_sequence_length_and_returns_states():
+    m = gg.LSTM(3, 4, num_layers=2, dtype=np.float64)
+    prog = compiler.compile(m, 5, 2)
+    rng = np.random.default_rng(2)
+    for T in (5, 1, 9):
+        xs = rng.standard_normal((T, 2, 3))
+        out, (h, c), states = prog.forward(xs, None, return_states=True)
+        ref, (rh, rc) = m(xs)
+        np.testing.assert_allclose(out, ref.data, rtol=1e-12, atol=1e-14)
+        assert len(states) == T + 1
+        np.testing.assert_allclose(states[-1][0], rh.data, rtol=1e-12)
+        np.testing.assert_allclose(states[0][1], np.zeros_like(rc.data))
+        mid, _ = m(xs[:T // 2 + 1])
+        np.testing.assert_allclose(states[T // 2 + 1][0][-1], mid.data[-1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [lambda b, s: b / 2.0, lambda b, s: b * s, lambda b, s: b * b,
+                                  lambda b, s: b / s, lambda b, s: gg.tanh(b) * s])
+def test_parameter_maps_after_the_loop(bias):
+    """Gradients of parameters used through parameter-only maps are sums over t followed by the
+    map's VJP: computed after the native call, not in the loop."""
+    rng = np.random.default_rng(0)
+
+    def step(p, x, h):
+        h = gg.tanh(x @ p["Wx"] + h @ p["Wh"] + bias(p["b"], p["s"]))
+        return h, h
+    m = gg.Recurrent(step, {"Wx": rng.normal(size=(3, 4)), "Wh": rng.normal(size=(4, 4)) * .5,
+                            "b": rng.normal(size=(4,)), "s": rng.normal(size=(4,)) + 3})
+    h0, xs, d = rng.normal(size=(2, 4)), rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 2, 4))
+    g, _, _ = compiler.compile(m, 5, 2, input_size=3, state=h0).vjp(xs, h0, d,
+                                                                     np.zeros_like(h0))
+    o, _ = m(xs, gg.Tensor(h0))
+    want = _tape_grads(m, (o * d).sum())
+    for k, v in want.items():
+        np.testing.assert_allclose(g[k], v, rtol=1e-10, atol=1e-13)
+
+
+def test_fusion_report_and_dumps():
+    prog = compiler.compile(gg.LSTM(4, 8), 10, 2, keep_dumps=True)
+    rep = prog.fusion_report()
+    assert "forward loop runs 1 product(s) per step and the reverse loop 1" in rep
+    assert "sigmoid x3" in rep and "tanh x2" in rep
+    for name in ("trace", "simplify", "merge_matmuls", "autodiff", "sink_slices", "schedule",
+                 "stages"):
+        assert prog.dump(name)
+    assert "define" in prog.llvm_ir()
+    asm = prog.asm
+    assert "zmm" in asm and "vfmadd" in asm
+    with pytest.raises(KeyError, match="unknown pass"):
+        prog.dump("nope")
+
+
+def test_compile_command_dumps():
+    r = subprocess.run([sys.executable, "-m", "graphgrad.cli", "compile", "--cell", "gru",
+                        "--hidden", "8", "--input", "4", "--T", "5", "--batch", "2",
+                        "--dump", "schedule"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "-- fwd_loop" in r.stdout and "-- post" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "graphgrad.cli", "compile", "--dump", "nope"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
