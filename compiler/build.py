@@ -219,9 +219,11 @@ class _Builder:
             col = home.col
             for a in self.args(nid):
                 w = self.node(a).shape[1]
+                # computed here and not yet placed: write it straight into the window (its other
+                # readers read it from there)
                 if (a not in self.homes and self.group_of.get(a) is not None and
-                        len(list(self.J.successors(a))) == 1 and a not in self.J.graph["outputs"]
-                        and self.stage.get(a) == self.stage.get(nid)):
+                        a not in self.J.graph["outputs"] and
+                        self.stage.get(a) == self.stage.get(nid)):
                     self.homes[a] = Home(home.buf, home.off, col, w)
                 col += w
         for nid in order:
