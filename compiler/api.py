@@ -215,33 +215,20 @@ class CompiledProgram(ReferenceProgram):
         return super()._xs(xs)
 
     def vjp(self, xs, state0, d_out, d_state_T=None, _mode="train"):
-        xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
-        d_out = self._d_out(d_out)
-        d_sT = self._state_leaves("d_state_T", d_state_T)
+        self._mode = _mode
+        return super().vjp(xs, state0, d_out, d_state_T)
+
+    def _record(self, xs, s0):
         if len(self.compiled) == 1 and len(self.compiled[0]) == 1:
-            layer_inputs = [xs]   # one layer: its train program runs the forward itself
-        else:
-            _, _, layer_inputs = self._layers_forward(xs, s0)
-        grads, d_layer_out = {}, d_out
-        d_s0 = [None] * len(layer_inputs)
-        for row in reversed(self.compiled):
-            d_in, off = None, 0
-            for cl in row:
-                k = cl.ld.layer * len(row) + cl.ld.direction
-                width = ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1]
-                _, _, g, dx, d_s0[k] = cl.run(_mode, self._params(cl), layer_inputs[k],
-                                              self._per_layerdir(s0, k),
-                                              np.ascontiguousarray(d_layer_out[..., off:off + width]),
-                                              self._per_layerdir(d_sT, k))
-                off += width
-                for name, v in g.items():
-                    grads[name] = grads[name] + v if name in grads else v
-                if dx is not None:
-                    d_in = dx if d_in is None else d_in + dx
-            d_layer_out = d_in
-        if self.builtin and self.model.batch_first and d_layer_out is not None:
-            d_layer_out = np.swapaxes(d_layer_out, 0, 1)
-        return grads, d_layer_out, self._pack_state(d_s0)
+            return [xs], s0   # one layer: its train program runs the forward itself
+        return self._layers_forward(xs, s0)[2], s0
+
+    def _layer_vjp(self, k, ld, ctx, d_ys, ds):
+        layer_inputs, s0 = ctx
+        cl = self.compiled[ld.layer][ld.direction]
+        _, _, g, dx, d_s0 = cl.run(self._mode, self._params(cl), layer_inputs[k],
+                                   self._per_layerdir(s0, k), d_ys, ds)
+        return g, dx, d_s0
 
     def step_adjoints(self, xs, state0, d_out, d_state_T=None):
         """{"l0", "l0_reverse", ...: (T, B, S)} gradients on the states s_1..s_T each layer's
@@ -252,15 +239,6 @@ class CompiledProgram(ReferenceProgram):
         self.vjp(xs, state0, d_out, d_state_T, _mode="adjoints")
         return {f"l{cl.ld.layer}{'_reverse' if cl.ld.reverse else ''}": cl.last_adjoints
                 for row in self.compiled for cl in row}
-
-    def _d_out(self, d_out):
-        from graphgrad.core import AVal
-        from .program import _arr, _check
-        d_out = _arr(d_out)
-        if self.builtin and self.model.batch_first and d_out.ndim == 3:
-            d_out = np.swapaxes(d_out, 0, 1)
-        width = sum(ir.node(cl.ld.step.G, cl.ld.step.y).shape[-1] for cl in self.compiled[-1])
-        return _check("d_out", d_out, AVal((self.x_aval.shape[0], self.B, width), self.dtype))
 
     # -- inspection
     def programs(self, mode="train"):

@@ -157,27 +157,20 @@ class ReferenceProgram:
 
     def vjp(self, xs, state0, d_out, d_state_T=None):
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
-        out_shape = (self.T, self.B, sum(ir.node(ld.step.G, ld.step.y).shape[-1]
-                                         for ld in self.layers[-1]))
-        d_out = _arr(d_out)
-        if self.builtin and self.model.batch_first:
-            d_out = np.swapaxes(d_out, 0, 1) if d_out.ndim == 3 else d_out
-        d_out = _check("d_out", d_out, AVal(out_shape, self.dtype))
+        d_out = self._d_out(d_out)
         d_sT = self._state_leaves("d_state_T", d_state_T)
-        _, _, tape = self._forward(xs, s0)
+        ctx = self._record(xs, s0)
         grads = {}
-        d_s0 = [[None] * len(d_sT) for _ in tape]
+        d_s0 = [None] * sum(len(row) for row in self.layers)
         d_layer_out = d_out
         for row in reversed(self.layers):
             d_in, off = None, 0
             for ld in row:
                 k = ld.layer * len(row) + ld.direction
-                _, layer_in, saved = tape[k]
                 width = ir.node(ld.step.G, ld.step.y).shape[-1]
-                d_ys = d_layer_out[..., off:off + width]
+                d_ys = np.ascontiguousarray(d_layer_out[..., off:off + width])
                 off += width
-                g, d_xs, d_s0[k] = self._backward(ld, layer_in, saved, d_ys,
-                                                  self._per_layerdir(d_sT, k))
+                g, d_xs, d_s0[k] = self._layer_vjp(k, ld, ctx, d_ys, self._per_layerdir(d_sT, k))
                 for name, v in g.items():
                     grads[name] = grads[name] + v if name in grads else v
                 if d_xs is not None:
@@ -186,6 +179,21 @@ class ReferenceProgram:
         if self.builtin and self.model.batch_first and d_layer_out is not None:
             d_layer_out = np.swapaxes(d_layer_out, 0, 1)
         return grads, d_layer_out, self._pack_state(d_s0)
+
+    def _d_out(self, d_out):
+        d_out = _arr(d_out)
+        if self.builtin and self.model.batch_first and d_out.ndim == 3:
+            d_out = np.swapaxes(d_out, 0, 1)
+        width = sum(ir.node(ld.step.G, ld.step.y).shape[-1] for ld in self.layers[-1])
+        return _check("d_out", d_out, AVal((self.x_aval.shape[0], self.B, width), self.dtype))
+
+    # -- what the reverse pass of one layer-direction needs, and the pass itself
+    def _record(self, xs, s0):
+        return self._forward(xs, s0)[2]
+
+    def _layer_vjp(self, k, ld, tape, d_ys, ds):
+        _, layer_in, saved = tape[k]
+        return self._backward(ld, layer_in, saved, d_ys, ds)
 
     def _backward(self, ld, xs, saved, d_ys, ds):
         P = ld.params()
