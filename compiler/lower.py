@@ -225,7 +225,7 @@ class _Codegen:
                 b.call(f, [row_major, yes if k.trans_a else no, yes if k.trans_b else no, m, n,
                            kk, ir.Constant(fty, 1.0), pa, lda, pb, ldb,
                            ir.Constant(fty, 1.0 if k.accumulate else 0.0), pc, ldc])
-            elif f.name.startswith("gg_gemm_f"):
+            elif self.library:
                 sai, sak = (c(1), lda) if k.trans_a else (lda, c(1))
                 dtype = self.prog.buffers[k.out.buf].dtype
                 key = self._pack_key(k)

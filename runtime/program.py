@@ -52,11 +52,11 @@ def blas_externals() -> dict:
 class _Instance:
     """One compiled module plus its buffers (re-allocated when T changes)."""
 
-    def __init__(self, prog: Program, unroll, T, opt, gemm):
+    def __init__(self, prog: Program, unroll, T, opt, gemm, library=True):
         self.prog = prog
         if gemm != "llvm" and not blas_externals():
             gemm = "llvm"   # no OpenBLAS next to numpy: our kernels everywhere
-        self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm)
+        self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm, library=library)
         obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
@@ -101,6 +101,7 @@ class NativeProgram:
       threads=2 splits the batch over two threads (needs meta["batch"] >= 2).
       gemm: "auto" (BLAS for pre/post products, own kernels in the loops), "llvm", "blas";
       falls back to "llvm" when numpy ships no OpenBLAS.
+      library=False lowers a self-contained module (no shared kernel library; comparison only).
     run(T, inputs, zero=True) -> {buffer name: array in user shape}
       inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not
       given start at zero when zero=True (the numpy executor's semantics); zero=False skips that
@@ -111,7 +112,7 @@ class NativeProgram:
     """
 
     def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1,
-                 gemm="auto"):
+                 gemm="auto", library=True):
         self.prog, self.threads = prog, threads
         B = prog.meta.get("batch")
         if threads not in (1, 2):
@@ -119,12 +120,12 @@ class NativeProgram:
         if threads == 2 and (B is None or B < 2):
             raise ValueError("threads=2 needs meta['batch'] >= 2 to split")
         if threads == 1:
-            self.parts = [_Instance(prog, unroll, T, opt, gemm)]
+            self.parts = [_Instance(prog, unroll, T, opt, gemm, library)]
         else:
             b1 = B // 2
-            first = _Instance(with_batch(prog, b1), unroll, T, opt, gemm)
+            first = _Instance(with_batch(prog, b1), unroll, T, opt, gemm, library)
             second = first if B - b1 == b1 else _Instance(with_batch(prog, B - b1), unroll, T,
-                                                           opt, gemm)
+                                                           opt, gemm, library)
             # Two halves need their own buffers even when the code is shared.
             self.parts = [first, _Instance.__new__(_Instance) if second is first else second]
             if second is first:

@@ -90,3 +90,77 @@ def test_gemm_asm_uses_zmm_fma():
     gemm.emit_gemm(mod, "k", "float32", False, False)
     asm = jit.emit_asm(str(mod))
     assert "zmm" in asm and "vfmadd" in asm
+
+
+# --- the kernel library's packed GEMM (compiler/llvmlib/pgemm.py) ---
+# M around MR=6 and MC=192 (both loop orders), K across KC_P=128 and KC=256, N across the
+# 64/32-column panels and the f64 chunk of 512 columns.
+PSIZES = [(1, 1, 1), (5, 33, 7), (6, 64, 16), (13, 129, 300), (200, 70, 129), (7, 530, 3),
+          (193, 1, 257), (64, 148, 37)]
+
+
+@pytest.fixture(scope="module")
+def plib(tmp_path_factory):
+    import ctypes
+    from compiler.llvmlib import pgemm
+    from runtime import library
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("libcache")))
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    fns = {}
+    for dt in DTYPES:
+        lo = library.loaded(dt)
+        t = pgemm.tag(dt)
+        fns[dt] = (ctypes.CFUNCTYPE(None, P, I, I, P, I, I, P, I, I, I, I, I, P, I)(
+            lo.address(f"gg_gemm_{t}")),
+            ctypes.CFUNCTYPE(None, P, I, I, I, I, P)(lo.address(f"gg_prepack_{t}")))
+    yield fns
+    mp.undo()
+
+
+def prun(plib, dt, ta, tb, acc, packed, M, N, K, seed=0):
+    from compiler.llvmlib import pgemm
+    rng = np.random.default_rng(seed)
+    Afull = rng.standard_normal((K, M + 2) if ta else (M, K + 2)).astype(dt)
+    Bfull = rng.standard_normal((N, K + 3) if tb else (K, N + 3)).astype(dt)
+    Cfull = rng.standard_normal((M, N + 5)).astype(dt)
+    A = Afull[:, :M] if ta else Afull[:, :K]
+    B = Bfull[:, :K] if tb else Bfull[:, :N]
+    C0 = Cfull.copy()
+    gemm_fn, prepack = plib[dt]
+    ws = np.full(pgemm.workspace_elems(dt), np.nan, dt)
+    sai, sak = (1, Afull.shape[1]) if ta else (Afull.shape[1], 1)
+    ldb = Bfull.shape[1]
+    if packed:
+        Bp = np.full(pgemm.packed_elems(dt, K, N), np.nan, dt)
+        prepack(Bfull.ctypes.data, ldb, int(tb), K, N, Bp.ctypes.data)
+        gemm_fn(Afull.ctypes.data, sai, sak, Bp.ctypes.data, 0, 0, Cfull.ctypes.data,
+                Cfull.shape[1], M, N, K, int(acc), 0, 1)
+    else:
+        gemm_fn(Afull.ctypes.data, sai, sak, Bfull.ctypes.data, ldb, int(tb), Cfull.ctypes.data,
+                Cfull.shape[1], M, N, K, int(acc), ws.ctypes.data, 0)
+    ref = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+    if acc:
+        ref += C0[:, :N]
+    tol = 1e-5 if dt == "float32" else 1e-12
+    np.testing.assert_allclose(Cfull[:, :N], ref, rtol=tol, atol=tol * np.sqrt(K))
+    np.testing.assert_array_equal(Cfull[:, N:], C0[:, N:])
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("ta,tb", VARIANTS, ids=["nn", "tn", "nt"])
+@pytest.mark.parametrize("packed", [False, True], ids=["pack", "prepacked"])
+def test_packed_gemm_sizes(plib, dt, ta, tb, packed):
+    for i, (M, N, K) in enumerate(PSIZES):
+        prun(plib, dt, ta, tb, i % 2 == 1, packed, M, N, K, seed=i)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(DTYPES), st.sampled_from(VARIANTS), st.booleans(), st.booleans(),
+       st.integers(1, 40), st.integers(1, 80), st.integers(1, 300))
+def test_packed_gemm_hypothesis(plib, dt, var, acc, packed, M, N, K):
+    prun(plib, dt, *var, acc, packed, M, N, K)
+
+
+def test_packed_gemm_large_chunks(plib):
+    prun(plib, "float32", False, False, True, False, 20, 1100, 40)   # N past one f32 chunk

@@ -133,3 +133,19 @@ def test_every_lowered_op(dtype, rtol, cols):
     for name in ("Y", "S"):
         np.testing.assert_allclose(got[name], sched_numpy.user_view(prog, store, name),
                                    rtol=rtol, atol=rtol, err_msg=name)
+
+
+def test_library_gemm_many_rows_prepacked_weights_and_self_contained_mode():
+    """T*B = 448 rows takes the many-rows loop order; the recurrent weight is packed once per
+    call; library=False (inline kernels, no shared library) computes the same."""
+    prog = PROGRAMS["lstm"](64, I, H, "float64")
+    _, inputs = make_case("lstm", 7, 64, I, H, "float64", seed=5)
+    want = oracle(prog, 7, inputs)
+    native = NativeProgram(prog, gemm="llvm")
+    ext = native.lowered.externals
+    assert {"gg_gemm_f64", "gg_prepack_f64", "gg_vm_sigmoid_v8f64"} <= set(ext)
+    assert native.lowered.workspace > 0
+    assert_close(results(prog, native.run(7, inputs).get), want, 1e-10)
+    alone = NativeProgram(prog, library=False)
+    assert not [n for n in alone.lowered.externals if n.startswith(("gg_vm", "gg_gemm"))]
+    assert_close(results(prog, alone.run(7, inputs).get), want, 1e-10)

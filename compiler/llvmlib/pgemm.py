@@ -11,9 +11,14 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       weight reused every step): K block k0 (kc rows) holds all panels at dst + k0 * Npad, Npad =
       N rounded up to NR, so the chunk (k0, j0) of gg_gemm starts at dst + k0*Npad + j0*kc.
   gg_gemm_<tag>(A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed)
-      K blocks of KC x N chunks of NCB: the chunk (1 MB, stays in L2) is packed into `ws`
-      (KC*NCB elements) unless packed=1 (B is then a gg_prepack buffer, ldb/trans_b/ws unused);
-      then row blocks of MR outer (their A slice, MR x KC, stays in L1), panels inner.
+      K blocks x N chunks of NCB columns: the chunk is packed into `ws` (KC*NCB elements, 1 MB)
+      unless packed=1 (B is then a gg_prepack buffer with K blocks of KC_P; ldb/trans_b/ws
+      unused). Few rows (M <= MC, the per-step products): panels outer, rows inner, so each
+      KC_P x NR panel stays in L1 while every MR-row block streams past it. Many rows (the
+      whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
+      panels inner streamed from the L2-resident chunk. A is never packed: the MR broadcast
+      scalars per k come straight from A through its strides. Measured against OpenBLAS in
+      docs/runtime.md.
 The micro-kernel keeps MR x 4 accumulators (6 x 4 = 24 zmm) and per k step loads 4 panel vectors
 and broadcasts MR A scalars; rows past a multiple of MR use the exact-height kernel, columns past
 N use masked stores. acc (0/1) selects C += instead of C =.
@@ -25,7 +30,11 @@ from llvmlite import ir
 from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop
 
 MR, NV, UNROLL = 6, 4, 4
-KC = 256
+KC = 256           # K block of products packed on the fly (chunk KC x NCB = 1 MB, in L2)
+KC_P = 128         # K block of prepacked operands: a KC_P x NR panel (32 KB) stays in L1
+MC = 192           # M <= MC: panels outer, rows inner (each panel in L1 while all rows pass)
+PF_C = True        # prefetch the C tile at the start of each micro-kernel call
+PF_B = 16          # prefetch the B panel this many k steps ahead (0: rely on hardware)
 
 
 def ncb(dtype):
@@ -100,10 +109,23 @@ def _microkernel(kit, mr):
         return out
 
     def unrolled(k, accs):
+        if PF_B:
+            pf = kit.decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+            ahead = kit.gep(b, Bp, b.mul(b.add(k, _c(PF_B)), _c(nrv)))
+            for line in range(UNROLL * nrv * kit.esize // 64):
+                b.call(pf, [kit.gep(b, ahead, _c(line * 64 // kit.esize)), ir.Constant(I32, 0),
+                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
         for u in range(UNROLL):
             accs = kstep(b.add(k, _c(u)) if u else k, accs)
         return accs
 
+    if PF_C:    # the C tile is needed only in the epilogue: start fetching it now
+        pf = kit.decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        for i in range(mr):
+            crow = kit.gep(b, C, b.mul(_c(i), ldc))
+            for v in range(NV):
+                b.call(pf, [kit.gep(b, crow, _c(v * w)), ir.Constant(I32, 1),
+                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
     zero = ir.Constant(kit.vty, 0.0)
     kfull = b.mul(b.sdiv(kc, _c(UNROLL)), _c(UNROLL))
     accs = _loop(b, _c(0), kfull, _c(UNROLL), [zero] * (mr * NV), unrolled)
@@ -195,7 +217,7 @@ def _emit_pack(kit):
 
 
 def _emit_prepack(kit):
-    """Pack a whole K x N operand once: K blocks of KC, each as panels of kc x NR."""
+    """Pack a whole K x N operand once: K blocks of KC_P, each as panels of kc x NR."""
     fn, b = _new(kit, "gg_prepack")
     B, ldb, trans_b, K, N, dst = fn.args
     nrv = NV * kit.w
@@ -203,10 +225,10 @@ def _emit_prepack(kit):
     pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
 
     def kblock(k0, _):
-        kc = b.select(b.icmp_signed("<", _c(KC), b.sub(K, k0)), _c(KC), b.sub(K, k0))
+        kc = b.select(b.icmp_signed("<", _c(KC_P), b.sub(K, k0)), _c(KC_P), b.sub(K, k0))
         src = b.select(b.icmp_signed("!=", trans_b, _c(0)), k0, b.mul(k0, ldb))
         b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, N, kit.gep(b, dst, b.mul(k0, npad))])
-    _loop(b, _c(0), K, _c(KC), [], kblock)
+    _loop(b, _c(0), K, _c(KC_P), [], kblock)
     b.ret_void()
     return fn
 
@@ -220,8 +242,10 @@ def _emit_gemm(kit, dtype):
     is_packed = b.icmp_signed("!=", packed, _c(0))
     smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)  # noqa: E731
 
+    kcmax = b.select(is_packed, _c(KC_P), _c(KC))
+
     def kblock(k0, _):
-        kc = smin(_c(KC), b.sub(K, k0))
+        kc = smin(kcmax, b.sub(K, k0))
         accf = b.select(b.icmp_signed(">", k0, _c(0)), _c(1), acc)
         a0 = kit.gep(b, A, b.mul(k0, sak))
 
@@ -238,19 +262,45 @@ def _emit_gemm(kit, dtype):
             bp = b.select(is_packed, kit.gep(b, B, b.add(b.mul(k0, npad), b.mul(j0, kc))), ws)
             npan = b.sdiv(b.add(nc, _c(nrv - 1)), _c(nrv))
 
-            def rows(i0, mr):
-                ai = kit.gep(b, a0, b.mul(i0, sai))
-                ci = kit.gep(b, C, b.add(b.mul(i0, ldc), j0))
+            def rows_order():
+                def rows(i0, mr):
+                    ai = kit.gep(b, a0, b.mul(i0, sai))
+                    ci = kit.gep(b, C, b.add(b.mul(i0, ldc), j0))
 
-                def panel(p, _):
+                    def panel(p, _):
+                        jp = b.mul(p, _c(nrv))
+                        b.call(_microkernel(kit, mr), [ai, kit.gep(b, bp, b.mul(jp, kc)),
+                                                       kit.gep(b, ci, jp), sai, sak, ldc, kc,
+                                                       b.sub(nc, jp), accf])
+                    _loop(b, _c(0), npan, _c(1), [], panel)
+                _row_blocks(b, M, rows)
+
+            def mblock(i0, _):
+                mc = smin(_c(MC), b.sub(M, i0))
+
+                def panel(p, _):      # this kc x NR panel stays in L1 for the mc rows
                     jp = b.mul(p, _c(nrv))
-                    b.call(_microkernel(kit, mr), [ai, kit.gep(b, bp, b.mul(jp, kc)),
-                                                   kit.gep(b, ci, jp), sai, sak, ldc, kc,
-                                                   b.sub(nc, jp), accf])
+                    bpp, nrem = kit.gep(b, bp, b.mul(jp, kc)), b.sub(nc, jp)
+
+                    def call(ir_, mr):
+                        i = b.add(i0, ir_)
+                        b.call(_microkernel(kit, mr), [
+                            kit.gep(b, a0, b.mul(i, sai)), bpp,
+                            kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))),
+                            sai, sak, ldc, kc, nrem, accf])
+                    _row_blocks(b, mc, call)
                 _loop(b, _c(0), npan, _c(1), [], panel)
-            _row_blocks(b, M, rows)
+            few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))
+            b.cbranch(b.icmp_signed("<=", M, _c(MC)), few, many)
+            b.position_at_end(few)
+            _loop(b, _c(0), M, _c(MC), [], mblock)
+            b.branch(joined)
+            b.position_at_end(many)
+            rows_order()
+            b.branch(joined)
+            b.position_at_end(joined)
         _loop(b, _c(0), N, _c(chunk), [], chunk_)
-    _loop(b, _c(0), K, _c(KC), [], kblock)
+    _loop(b, _c(0), K, kcmax, [], kblock)
     b.ret_void()
     return fn
 
