@@ -21,9 +21,12 @@ a workspace scratch as they go. library=False restores the self-contained module
 kernels of compiler.llvmlib.gemm emitted per variant, inlined vecmath), kept for comparison.
 
 A Gemm may instead call the external symbols `gg_cblas_sgemm`/`gg_cblas_dgemm` with the ILP64
-cblas_?gemm signature, which the runtime binds to numpy's bundled OpenBLAS. gemm="auto" sends the
-whole-sequence products (pre/post, thousands of rows) to BLAS and keeps the per-step products in
-our kernels; "llvm" uses our kernels everywhere, "blas" BLAS everywhere.
+cblas_?gemm signature, which the runtime binds to numpy's bundled OpenBLAS: gemm="blas" sends
+every product there. gemm="auto" (= "llvm" with the library) uses the packed kernels everywhere:
+they tie with OpenBLAS on the whole-sequence products (T*B rows), are 1.5-2.5x faster on the
+per-step ones, and never start BLAS threads under the 2-thread batch split (docs/runtime.md).
+Without the library, "auto" keeps the old rule: BLAS for pre/post and for per-step products of
+>= BLAS_MIN_FMAS multiply-adds, the unpacked kernels otherwise.
 """
 from __future__ import annotations
 
@@ -149,10 +152,10 @@ class _Codegen:
     def use_blas(self, k, stage):
         if self.gemm != "auto":
             return self.gemm == "blas"
+        if self.library:
+            return False    # the packed kernels match OpenBLAS on the big products too
         if stage in ("pre", "post"):
             return True
-        if self.library:
-            return False
         a_rows, _, _, a_cols, _ = ref_window(self.prog, k.a)
         return a_rows * a_cols * ref_window(self.prog, k.out)[3] >= BLAS_MIN_FMAS
 
