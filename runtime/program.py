@@ -21,7 +21,7 @@ import numpy as np
 
 from compiler import lower as lowering
 from compiler.sched_numpy import allocate, user_view
-from compiler.schedule import Program, is_batched, with_batch
+from compiler.schedule import Gemm, Program, is_batched, ref_window, with_batch
 from runtime import cache, jit
 from runtime import library as kernel_library
 
@@ -60,6 +60,25 @@ def _copy_in(dst, value, tile=256):
     for i in range(0, v.shape[0], tile):
         for j in range(0, v.shape[1], tile):
             dst[i:i + tile, j:j + tile] = v[i:i + tile, j:j + tile]
+
+
+# Per-step work (FLOPs of the loop products for one batch half) below which threads=2 runs the
+# whole batch in one thread: a half-batch step of a small model costs nearly as much as a whole
+# one (latency, not throughput) and the split adds ~2-4 ms of Python per call. Measured on the
+# dev VM: RNN (B,I,H)=(32,64,128), 1 MFLOP per half-step: 8.7 ms whole vs 11-13 ms split; LSTM
+# (32,64,128), 4.2 MFLOP: 32 ms whole vs 21 ms split.
+SPLIT_MIN_FLOPS = 2_500_000
+
+
+def step_flops(prog: Program) -> int:
+    """Multiply-add FLOPs of the forward + backward loop products for one time step."""
+    total = 0
+    for k in prog.fwd_loop + prog.bwd_loop:
+        if isinstance(k, Gemm):
+            a_rows, _, _, a_cols, _ = ref_window(prog, k.a)
+            n = ref_window(prog, k.out)[3]
+            total += 2 * a_rows * a_cols * n
+    return total
 
 
 class _Instance:
@@ -111,7 +130,9 @@ class NativeProgram:
 
     NativeProgram(prog, unroll=False, T=None, opt=3, threads=1)
       unroll=True emits straight-line code for the given T (comparison only).
-      threads=2 splits the batch over two threads (needs meta["batch"] >= 2).
+      threads=2 splits the batch over two threads (needs meta["batch"] >= 2), unless a half's
+      loop products are below split_min_flops per step (default SPLIT_MIN_FLOPS; 0 forces the
+      split): then the whole batch runs in the calling thread.
       gemm: "auto" (the kernel library's packed GEMM everywhere; see compiler/lower.py),
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
@@ -126,13 +147,16 @@ class NativeProgram:
     """
 
     def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1,
-                 gemm="auto", library=True):
+                 gemm="auto", library=True, split_min_flops=None):
         self.prog, self.threads = prog, threads
         B = prog.meta.get("batch")
         if threads not in (1, 2):
             raise ValueError(f"threads must be 1 or 2, got {threads}")
         if threads == 2 and (B is None or B < 2):
             raise ValueError("threads=2 needs meta['batch'] >= 2 to split")
+        floor = SPLIT_MIN_FLOPS if split_min_flops is None else split_min_flops
+        if threads == 2 and step_flops(with_batch(prog, B // 2)) < floor:
+            threads = self.threads = 1      # halves too small to pay for the split
         if threads == 1:
             self.parts = [_Instance(prog, unroll, T, opt, gemm, library)]
         else:
@@ -146,7 +170,7 @@ class NativeProgram:
                 self.parts[1].__dict__.update(first.__dict__, T=None, store=None, ptrs=None,
                                               ws=None)
             self.split = b1
-            self._pool = ThreadPoolExecutor(2)
+            self._pool = ThreadPoolExecutor(1)
         self.lowered = self.parts[0].lowered
         self.cache_hit = all(p.cache_hit for p in self.parts)
 
@@ -163,8 +187,9 @@ class NativeProgram:
                 halves[0][name], halves[1][name] = v[..., :cut, :], v[..., cut:, :]
             else:
                 halves[0][name] = halves[1][name] = v
-        futs = [self._pool.submit(p.run, T, h, zero) for p, h in zip(self.parts, halves)]
-        r0, r1 = (f.result() for f in futs)
+        fut = self._pool.submit(self.parts[1].run, T, halves[1], zero)
+        r0 = self.parts[0].run(T, halves[0], zero)     # the first half in the calling thread
+        r1 = fut.result()
         out = {}
         for name, buf in self.prog.buffers.items():
             if buf.kind == "temp":

@@ -66,8 +66,18 @@ def test_rerun_without_zeroing_and_with_new_T():
 def test_two_threads_split_batch(B):
     prog = lstm_program(B, I, H)
     _, inputs = make_case("lstm", 9, B, I, H)
-    got = results(prog, NativeProgram(prog, threads=2).run(9, inputs).get)
+    native = NativeProgram(prog, threads=2, split_min_flops=0)
+    assert len(native.parts) == 2
+    got = results(prog, native.run(9, inputs).get)
     assert_close(got, oracle(prog, 9, inputs), 1e-10)
+
+
+def test_small_halves_run_unsplit():
+    prog = lstm_program(4, I, H)
+    native = NativeProgram(prog, threads=2)     # 2 x 37 x 148 per half-step: far below the floor
+    assert native.threads == 1 and len(native.parts) == 1
+    _, inputs = make_case("lstm", 5, 4, I, H)
+    assert_close(results(prog, native.run(5, inputs).get), oracle(prog, 5, inputs), 1e-10)
 
 
 def test_unrolled_matches_loop_and_loop_text_is_independent_of_T():
