@@ -91,6 +91,7 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
     vec = {dt: _Vec(module, llvm_float(dt), width) for dt in dts}
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(refs) + [I64]), name=name)
     fn.linkage = "internal"
+    fn.attributes.add("noinline")   # one call per kernel and step: keeps `run` small
     for a, r in zip(fn.args, refs):
         # noalias only where no other argument touches the same buffer (in-place kernels pass
         # one window as both input and output).

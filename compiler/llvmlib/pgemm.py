@@ -242,7 +242,8 @@ def _emit_gemm(kit, dtype):
     is_packed = b.icmp_signed("!=", packed, _c(0))
     smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)  # noqa: E731
 
-    kcmax = b.select(is_packed, _c(KC_P), _c(KC))
+    few_rows = b.icmp_signed("<=", M, _c(MC))
+    kcmax = b.select(b.or_(is_packed, few_rows), _c(KC_P), _c(KC))   # few rows: L1 panels
 
     def kblock(k0, _):
         kc = smin(kcmax, b.sub(K, k0))
