@@ -142,11 +142,19 @@ def test_bad_arguments_and_files(tmp_path, args, words):
     one_line_error(gg(*args, cwd=tmp_path), *words)
 
 
-def test_compiled_backend_unavailable_is_one_line(tmp_path):
-    from graphgrad import train
-    if train.CompiledBackend.available():
-        pytest.skip("the compiled backend is available")
-    one_line_error(gg("train", "--backend", "compiled", cwd=tmp_path), "not available")
+def test_train_backends_agree(tmp_path):
+    """`--backend tape` and `--backend compiled` run the same float64 training to the same
+    validation losses."""
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    losses = {}
+    for backend in ("tape", "compiled"):
+        r = gg("train", "--text", "corpus.txt", "--hidden", 8, "--k1", 6, "--k2", 9, "--batch", 4,
+               "--epochs", 1, "--dtype", "float64", "--backend", backend, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"backend {backend}" in r.stdout or backend in r.stdout
+        losses[backend] = [float(ln.split("val loss ")[1].split()[0])
+                           for ln in r.stdout.splitlines() if ln.startswith("epoch ")]
+    assert losses["tape"] and losses["tape"] == pytest.approx(losses["compiled"], rel=1e-6)
 
 
 def test_help_for_every_command(tmp_path):
