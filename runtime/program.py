@@ -1,13 +1,16 @@
 """Run a scheduled Program natively: compile (through the on-disk cache), bind numpy buffers,
-call the module's `run(T, ptrs...)` through ctypes.
+call the module's `run(T, ptrs..., ws)` through ctypes.
+
+Programs link the shared kernel library (runtime/library.py: packed GEMM, vector math) by name;
+`ws` is a per-instance workspace (packed loop-invariant weights, GEMM packing scratch).
 
 ctypes releases the GIL for the whole call, which covers the entire forward and BPTT loop, so
 `threads=2` can split the batch into two halves, run them in two threads on two program instances
-(compiled for B/2 rows) and sum the parameter gradients. Measured on the 2-vCPU dev box (LSTM
-float32, process CPU time per training step): (B,I,H,T)=(32,64,128,100) 36 ms split vs 38 ms
-whole, so the split adds no work and halves wall time when both cores are free;
-(64,512,512,50) 860 ms vs 685 ms, because B/2-row per-step products run less efficiently, so
-there it only pays with a core idle that one thread cannot use. Default: threads=1.
+(compiled for B/2 rows) and sum the parameter gradients. A half of a small model costs nearly as
+much per step as the whole batch (latency-bound), so below SPLIT_MIN_FLOPS of per-step products
+per half the whole batch runs in one thread. The split only pays when the VM really has two
+cores free: the dev VM sometimes schedules both vCPUs on one host core (two concurrent
+fma_peak runs then report ~67 GFLOP/s each instead of ~135).
 """
 from __future__ import annotations
 
