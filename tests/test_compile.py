@@ -188,9 +188,17 @@ def _assert_same(a, b, tol):
 
 
 # ---------------------------------------------------------------- threads
+@pytest.fixture
+def always_split(monkeypatch):
+    """Tiny test models fall below the runtime's split floor; force the batch split."""
+    import runtime.program
+    monkeypatch.setattr(runtime.program, "SPLIT_MIN_FLOPS", 0)
+
+
 @pytest.mark.parametrize("label", ["lstm B64", "gru B5"])   # even (32+32), uneven (2+3) split
-def test_two_threads_same_results(progs, label):
+def test_two_threads_same_results(progs, label, always_split):
     one, two = progs.get(label), progs.get(label, threads=2)
+    assert two.compiled[0][0].natives["train"].threads == 2
     model = progs.model(label)
     _, _, _, dt, B, T = CASE[label]
     rng = np.random.default_rng(4)
@@ -202,7 +210,7 @@ def test_two_threads_same_results(progs, label):
 
 # Regression: invariant weight buffers whose rows equal B (B == input_size, hidden_size or G*H)
 # were once taken for batch-major and halved by the 2-thread split.
-def test_two_threads_when_batch_equals_hidden_size(cache_dir):
+def test_two_threads_when_batch_equals_hidden_size(cache_dir, always_split):
     model = make_model("lstm", "1layer", np.float64)     # H = 4: W_hh^T is (4, 16)
     prog = compiler.compile(model, seq_len=3, batch=4, threads=2)
     rng = np.random.default_rng(0)
