@@ -16,13 +16,13 @@ from . import graph_cache, ir
 from .build import build, evaluate
 from .passes import simplify
 from .autodiff import vjp_graph
-from .passes.layout import pads_to_concat, sink_slices
+from .passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from .passes.loops import merge_matmuls
 from .program import ReferenceProgram
 from .stages import assign
 
 PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
-            "sink_slices", "stages", "schedule")
+            "sink_slices", "group_invariant_adds", "stages", "schedule")
 
 
 def joint_graph(ld, dumps=None, tag="", adjoints=False):
@@ -42,6 +42,7 @@ def joint_graph(ld, dumps=None, tag="", adjoints=False):
     J = keep("simplify_joint", simplify(J))
     J = keep("pads_to_concat", pads_to_concat(J))
     J = keep("sink_slices", simplify(sink_slices(J)))
+    J = keep("group_invariant_adds", simplify(group_invariant_adds(J)))
     return J
 
 

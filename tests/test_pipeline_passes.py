@@ -7,7 +7,7 @@ import graphgrad as gg
 from compiler import interp, ir
 from compiler.autodiff import vjp_graph
 from compiler.passes import simplify
-from compiler.passes.layout import pads_to_concat, sink_slices
+from compiler.passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from compiler.passes.loops import merge_matmuls
 from compiler.program import reference_program
 
@@ -45,7 +45,7 @@ def test_each_pass_preserves_the_joint_graph(name):
     ref = ir.copy_graph(ld.bwd)
     ref.graph["outputs"] = list(ld.step.G.graph["outputs"]) + list(ld.bwd.graph["outputs"])
     _same(ref, J, rng)
-    for p in (simplify, pads_to_concat, sink_slices, simplify):
+    for p in (simplify, pads_to_concat, sink_slices, simplify, group_invariant_adds, simplify):
         J2 = p(J)
         assert J2.graph["inputs"] == J.graph["inputs"]
         _same(J, J2, rng)

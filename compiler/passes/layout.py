@@ -6,6 +6,8 @@ sink_slices    getitem(f(a, b), cols) -> f(getitem(a, cols), getitem(b, cols)) f
 pads_to_concat add(pad_into(g0, w0), pad_into(g1, w1), ...) with disjoint column windows ->
                concat of the pieces (zeros in the gaps): the VJP of a gate split becomes one
                packed gradient that the producers write in place.
+group_invariant_adds  (x W + b_ih) + (h U + b_hh) -> (x W + (b_ih + b_hh)) + h U, so the
+               parameter terms join the hoisted part.
 """
 from __future__ import annotations
 
@@ -113,5 +115,56 @@ def pads_to_concat(G):
                 parts.append(tr.tracer(src))
             col = hi
         ir.replace_uses(H, nid, gops.concat(parts, axis=1).nid)
+        tr.src = None
+    return dce(H)
+
+
+def _add_leaves(H, nid, root):
+    """Leaves of the tree of single-use adds under `nid` (the root may have many users)."""
+    n = ir.node(H, nid)
+    single = nid == root or (len(list(H.successors(nid))) == 1 and
+                             nid not in H.graph["outputs"])
+    if n.op != "add" or not single:
+        return [nid]
+    a, b = ir.args_of(H, nid)
+    return _add_leaves(H, a, root) + _add_leaves(H, b, root)
+
+
+def group_invariant_adds(G):
+    """Re-associate sums so parameter-only terms meet the per-step inputs first:
+    (x W + b_ih) + (h U + b_hh) -> (x W + (b_ih + b_hh)) + h U. The first part then runs once
+    over all steps before the loop (and b_ih + b_hh once per call); the loop adds one term less.
+    Float sums are re-ordered, so results change by rounding only."""
+    from ..stages import deps
+    H = ir.copy_graph(G)
+    dep = deps(H)
+    tr = GraphTrace(H)
+    for nid in reversed(ir.order(H)):
+        if nid not in H:
+            continue
+        n = ir.node(H, nid)
+        if n.op != "add" or len(n.shape) != 2:
+            continue
+        leaves = _add_leaves(H, nid, nid)
+        if len(leaves) < 3:
+            continue
+        inv = [a for a in leaves if not dep[a]]
+        time = [a for a in leaves if dep[a] and dep[a] <= {"x"}]
+        rest = [a for a in leaves if a not in inv and a not in time]
+        if not inv or not rest or (len(inv) == 1 and not time):
+            continue     # nothing to gain: no invariant term is stuck next to carried work
+        tr.src = n.src or None
+        t = [tr.tracer(a) for a in leaves]
+        by = dict(zip(leaves, t))
+        acc = by[inv[0]]
+        for a in inv[1:]:
+            acc = gops.add(acc, by[a])
+        for a in time:
+            acc = gops.add(by[a], acc)
+        for a in rest:
+            acc = gops.add(acc, by[a])
+        if tuple(acc.shape) != tuple(n.shape):
+            continue
+        ir.replace_uses(H, nid, acc.nid)
         tr.src = None
     return dce(H)
