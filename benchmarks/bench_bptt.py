@@ -5,7 +5,9 @@
 
 Each thread count runs in its own worker process, because BLAS, PyTorch and XLA fix their thread
 pools when they start. Reported: median ms per step, matmul GFLOP/s, and the fraction of this
-machine's measured float32 FMA peak (single-core peak x threads).
+machine's measured float32 FMA peak (single-core peak x threads). The tape (the eager
+reference) is timed at one thread only, with fewer repeats: it is seconds per step at the large
+sizes.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def worker(threads, cells, configs, peers, repeats):
             B, I, H, T = cfg
             model, xs, d_out = P.problem(cell, B, I, H, T)
             for name in peers:
+                if name == "tape" and threads > 1:
+                    continue   # the tape's reference timing is single-threaded numpy
                 try:
                     fn = P.PEERS[name](model, xs, d_out, **({"threads": threads}
                                                           if name == "compiled" else {}))
