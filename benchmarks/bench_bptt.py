@@ -25,7 +25,7 @@ sys.path[:0] = [HERE, ROOT]
 CONFIGS = [(1, 32, 64, 100), (32, 64, 128, 100), (32, 256, 256, 100), (64, 512, 512, 50),
            (16, 128, 1024, 50)]
 CELLS = ["rnn", "lstm", "gru"]
-PEER_ORDER = ["compiled", "torch", "torch-loop", "jax", "tape"]
+PEER_ORDER = ["compiled", "compiled-custom", "torch", "torch-loop", "jax", "tape"]
 
 
 def worker(threads, cells, configs, peers, repeats):
@@ -46,7 +46,7 @@ def worker(threads, cells, configs, peers, repeats):
                     continue   # the tape's reference timing is single-threaded numpy
                 try:
                     fn = P.PEERS[name](model, xs, d_out, **({"threads": threads}
-                                                          if name == "compiled" else {}))
+                                                          if name.startswith("compiled") else {}))
                 except ImportError as e:
                     print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "skip": str(e)}),
                           flush=True)
@@ -86,8 +86,10 @@ def table(rows, peak1):
     keys = sorted({(r["threads"], r["cell"], tuple(r["cfg"])) for r in rows},
                   key=lambda k: (k[0], CELLS.index(k[1]), k[2]))
     peers = [p for p in PEER_ORDER if any(r["peer"] == p and "ms" in r for r in rows)]
+    custom = "compiled-custom" in peers
     head = ["threads", "cell", "(B, I, H, T)"] + [f"{p} ms" for p in peers] + \
-        ["compiled GFLOP/s", "% of FMA peak", "fastest peer / compiled"]
+        ["compiled GFLOP/s", "% of FMA peak", "fastest peer / compiled"] + \
+        (["torch-loop / custom", "jax / custom"] if custom else [])
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for th, cell, cfg in keys:
@@ -96,11 +98,14 @@ def table(rows, peak1):
         cells = [str(th), cell, str(cfg)] + [f"{ms[p]:.3f}" if p in ms else "–" for p in peers]
         if "compiled" in ms:
             gf = flops(cell, *cfg) / ms["compiled"] / 1e6
-            others = [v for p, v in ms.items() if p not in ("compiled", "tape")]
+            others = [v for p, v in ms.items() if p not in ("compiled", "compiled-custom", "tape")]
             ratio = f"{min(others) / ms['compiled']:.2f}x" if others else "–"
             cells += [f"{gf:.1f}", f"{100 * gf / (peak1 * th):.0f}%", ratio]
         else:
             cells += ["–", "–", "–"]
+        if custom:
+            c = ms.get("compiled-custom")
+            cells += [f"{ms[p] / c:.1f}x" if c and p in ms else "–" for p in ("torch-loop", "jax")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

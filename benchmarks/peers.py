@@ -36,6 +36,42 @@ def make_compiled(model, xs, d_out, threads=1):
     return lambda: prog.vjp(xs, state0, d_out, zero_T)
 
 
+def custom_lstm(model):
+    """The LSTM as a user writes it: a step function with one weight matrix per gate."""
+    import graphgrad as gg
+    H = model.hidden_size
+    sd = model.state_dict()
+    p = {}
+    for k, gate in enumerate("ifgo"):
+        rows = slice(k * H, (k + 1) * H)
+        p[f"W_{gate}"] = sd["weight_ih_l0"][rows].T.copy()
+        p[f"U_{gate}"] = sd["weight_hh_l0"][rows].T.copy()
+        p[f"b_{gate}"] = sd["bias_ih_l0"][rows] + sd["bias_hh_l0"][rows]
+
+    def step(p, x, state):
+        h, c = state
+        i = gg.sigmoid(x @ p["W_i"] + h @ p["U_i"] + p["b_i"])
+        f = gg.sigmoid(x @ p["W_f"] + h @ p["U_f"] + p["b_f"])
+        g = gg.tanh(x @ p["W_g"] + h @ p["U_g"] + p["b_g"])
+        o = gg.sigmoid(x @ p["W_o"] + h @ p["U_o"] + p["b_o"])
+        c = f * c + i * g
+        h = o * gg.tanh(c)
+        return h, (h, c)
+    return gg.Recurrent(step, p)
+
+
+def make_compiled_custom(model, xs, d_out, threads=1):
+    import compiler
+    if model.mode != "lstm":
+        raise ImportError("the custom-cell peer is the LSTM written as a step function")
+    T, B, I = xs.shape
+    H = model.hidden_size
+    rec = custom_lstm(model)
+    z = np.zeros((B, H), model.dtype)
+    prog = compiler.compile(rec, seq_len=T, batch=B, input_size=I, state=(z, z), threads=threads)
+    return lambda: prog.vjp(xs, (z, z), d_out, (z, z))
+
+
 def make_tape(model, xs, d_out):
     import graphgrad as gg
 
@@ -134,5 +170,5 @@ def make_jax(model, xs, d_out):
     return lambda: jax.block_until_ready(g(p, xj, dj))
 
 
-PEERS = {"compiled": make_compiled, "tape": make_tape, "torch": make_torch,
+PEERS = {"compiled": make_compiled, "compiled-custom": make_compiled_custom, "tape": make_tape, "torch": make_torch,
          "torch-loop": make_torch_loop, "jax": make_jax}
