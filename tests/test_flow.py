@@ -218,7 +218,8 @@ def test_from_compiled_uses_program_totals():
             ((out * d_out).sum() + (h * d_state).sum()).backward()
             return {k: p.grad for k, p in m.parameters().items()}, np.zeros(xs.shape), None
     fl = flow.from_compiled(FakeProgram(), m, xs, np.zeros((1, 2, 4)), d_out, np.zeros((1, 2, 4)))
-    assert fl.source == "compiled" and "pending" in fl.reference["step_adjoints"]
+    # a duck-typed program without step_adjoints: totals are checked, per-step views rebuilt
+    assert fl.source == "compiled" and "state_grads" not in fl.reference
     assert flow.check(fl)["grads"] < 1e-10
     for k, v in fl0.grads().items():
         assert rel(fl.grads()[k], v) < 1e-12
