@@ -241,7 +241,38 @@ class _Builder:
                 if st == "bwd":
                     self.inits.append(Fill(Ref(name), 0.0))
             elif self.needs_home(nid):
-                self.homes[nid] = self.fresh(nid)
+                self.homes[nid] = self.in_place(nid) or self.fresh(nid)
+
+    def in_place(self, nid):
+        """The storage of an operand nothing else reads, for an elementwise result of its shape
+        (e.g. the bias add writes over the hoisted projection): one buffer and pass fewer.
+        Safe in a fused kernel, which reads each element before it writes it."""
+        g = self.group_of.get(nid)
+        if g is None or self.groups[g][1] != "fused":
+            return None
+        n = self.node(nid)
+        for a in self.args(nid):
+            an = self.node(a)
+            if tuple(an.shape) != tuple(n.shape):
+                continue
+            owner = self.src_of(a)
+            home = self.homes.get(owner)
+            og = self.group_of.get(owner)
+            if (home is None or og is None or owner in self.J.graph["outputs"] or
+                    self.stage.get(owner) != self.stage.get(nid) or home.col or home.cols):
+                continue
+            if self.crosses(nid) and home.off is None:
+                continue      # read by a later stage: needs its own slot per step
+            readers = [a] if owner == a else list(self.J.successors(owner))
+            if owner != a and not all(is_col_view(self.node(v)) for v in readers):
+                continue
+            if all(list(self.J.successors(v)) == [nid] if v == a else
+                   all(self.group_of.get(w) == g for w in self.J.successors(v))
+                   and len(list(self.J.successors(v))) == 1 for v in readers) and \
+                    (owner == a or len(list(self.J.successors(a))) == 1):
+                r = self.ref(a, self.stage[nid])
+                return Home(home.buf, home.off, r.col, r.cols)
+        return None
 
     def fresh(self, nid):
         n, st = self.node(nid), self.stage[nid]
