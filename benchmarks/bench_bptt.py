@@ -83,8 +83,9 @@ def run_workers(args):
 def table(rows, peak1):
     from peers import flops
     out = []
+    order = {c: i for i, c in enumerate(CONFIGS)}
     keys = sorted({(r["threads"], r["cell"], tuple(r["cfg"])) for r in rows},
-                  key=lambda k: (k[0], CELLS.index(k[1]), k[2]))
+                  key=lambda k: (k[0], CELLS.index(k[1]), order.get(k[2], len(order)), k[2]))
     peers = [p for p in PEER_ORDER if any(r["peer"] == p and "ms" in r for r in rows)]
     custom = "compiled-custom" in peers
     head = ["threads", "cell", "(B, I, H, T)"] + [f"{p} ms" for p in peers] + \
