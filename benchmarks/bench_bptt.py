@@ -152,8 +152,13 @@ def write_report(path, text, peak1, cmd):
              f"`{llvm.get_host_cpu_name()}`, {os.cpu_count()} cores, numpy {np.__version__}. "
              f"Measured float32 FMA peak: **{peak1:.1f} GFLOP/s per core** "
              f"(`python benchmarks/fma_peak.py`).\n\n")
+    notes = ""
+    if os.path.exists(path):     # hand-written reading notes below the table survive a re-run
+        old = open(path).read()
+        if "\n## Notes" in old:
+            notes = "\n" + old[old.index("\n## Notes") + 1:]
     with open(path + ".tmp", "w") as f:
-        f.write(intro + text + "\n")
+        f.write(intro + text + "\n" + notes)
     os.replace(path + ".tmp", path)
 
 
