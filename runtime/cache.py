@@ -33,21 +33,24 @@ def cache_key(ir_text: str, opt: int = 3, options: dict | None = None,
     return h.hexdigest()
 
 
-def compile_cached(ir_text: str, opt: int = 3, options: dict | None = None,
-                   directory: str | os.PathLike | None = None) -> tuple[bytes, bool]:
+def compile_cached(ir_text, opt: int = 3, options: dict | None = None,
+                   directory: str | os.PathLike | None = None,
+                   key_text: str | None = None) -> tuple[bytes, bool]:
     """Object bytes for ir_text and whether they came from the cache.
 
     options only enter the key (callers record e.g. codegen settings there);
-    on a hit LLVM is not invoked at all.
+    on a hit LLVM is not invoked at all. With key_text (text that determines the IR, such as
+    the source of the generator that renders it) ir_text may be a zero-argument callable, only
+    called on a miss: rendering a large module is itself a cost worth skipping.
     """
-    ir_text = str(ir_text)
     d = Path(directory) if directory is not None else cache_dir()
-    path = d / (cache_key(ir_text, opt, options) + ".o")
+    key = cache_key(key_text if key_text is not None else str(ir_text), opt, options)
+    path = d / (key + ".o")
     try:
         return path.read_bytes(), True
     except FileNotFoundError:
         pass
-    obj = jit.compile_ir(ir_text, opt)
+    obj = jit.compile_ir(str(ir_text() if callable(ir_text) else ir_text), opt)
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
