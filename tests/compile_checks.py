@@ -111,6 +111,7 @@ def tape(model, xs, s0, d_out, d_sT):
     for a, b in zip(flatten(sT)[0], flatten(d_sT)[0]):
         loss = loss + (a * gg.Tensor(b)).sum()
     loss.backward()
+    # The tape leaves .grad None on parameters the loss does not reach; programs give zeros.
     z = lambda t: np.zeros_like(t.data) if t.grad is None else t.grad  # noqa: E731
     grads = {k: z(p) for k, p in model.parameters().items()}
     return out.data, [s.data for s in flatten(sT)[0]], grads, z(X), [z(s) for s in S]

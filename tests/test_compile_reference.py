@@ -7,6 +7,7 @@ import graphgrad as gg
 from compiler.errors import CompileError
 from compiler.program import reference_program
 from compiler.trace import flatten, unflatten
+from compile_checks import tape
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -15,24 +16,6 @@ def close(got, want, rtol):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()))
-
-
-def tape(model, xs, s0, d_out, d_sT):
-    """Forward and backward on the tape with the same cotangents."""
-    X = gg.Tensor(xs, requires_grad=True)
-    leaves, tree = flatten(s0)
-    S = [gg.Tensor(s, requires_grad=True) for s in leaves]
-    for p in model.parameters().values():
-        p.grad = None
-    out, sT = model(X, unflatten(tree, S))
-    loss = (out * gg.Tensor(d_out)).sum()
-    for a, b in zip(flatten(sT)[0], flatten(d_sT)[0]):
-        loss = loss + (a * gg.Tensor(b)).sum()
-    loss.backward()
-    # The tape leaves .grad None on parameters the loss does not reach; the program gives zeros.
-    z = lambda t: np.zeros_like(t.data) if t.grad is None else t.grad
-    grads = {k: z(p) for k, p in model.parameters().items()}
-    return out.data, [s.data for s in flatten(sT)[0]], grads, z(X), [z(s) for s in S]
 
 
 def compare(model, prog, xs, s0, rtol, seed=0):
