@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop
+from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop, _row_blocks as _blocks
 
 MR, NV, UNROLL = 6, 4, 4
 KC = 256           # K block of products packed on the fly (chunk KC x NCB = 1 MB, in L2)
@@ -146,22 +146,6 @@ def _microkernel(kit, mr):
     return fn
 
 
-def _row_blocks(b, M, call):
-    """call(i0, mr) for full MR blocks, then one exact-height call for the remainder."""
-    mfull = b.mul(b.sdiv(M, _c(MR)), _c(MR))
-    _loop(b, _c(0), mfull, _c(MR), [], lambda i, _: call(i, MR))
-    fn = b.function
-    done = fn.append_basic_block()
-    sw = b.switch(b.sub(M, mfull), done)
-    for mr in range(1, MR):
-        blk = fn.append_basic_block()
-        sw.add_case(_c(mr), blk)
-        b.position_at_end(blk)
-        call(mfull, mr)
-        b.branch(done)
-    b.position_at_end(done)
-
-
 def _new(kit, prefix):
     fn = ir.Function(kit.mod, fn_type(prefix), name=f"{prefix}_{tag_of(kit)}")
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
@@ -274,7 +258,7 @@ def _emit_gemm(kit, dtype):
                                                        kit.gep(b, ci, jp), sai, sak, ldc, kc,
                                                        b.sub(nc, jp), accf])
                     _loop(b, _c(0), npan, _c(1), [], panel)
-                _row_blocks(b, M, rows)
+                _blocks(b, M, MR, rows)
 
             def mblock(i0, _):
                 mc = smin(_c(MC), b.sub(M, i0))
@@ -289,7 +273,7 @@ def _emit_gemm(kit, dtype):
                             kit.gep(b, a0, b.mul(i, sai)), bpp,
                             kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))),
                             sai, sak, ldc, kc, nrem, accf])
-                    _row_blocks(b, mc, call)
+                    _blocks(b, mc, MR, call)
                 _loop(b, _c(0), npan, _c(1), [], panel)
             few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))
             b.cbranch(b.icmp_signed("<=", M, _c(MC)), few, many)
