@@ -137,7 +137,6 @@ def assign(J, batch, n_fwd_outputs, train=True):
     wrt = J.graph.get("wrt", [])
     d_state_outs = [o for o, w in zip(outs[n_fwd_outputs:], wrt)
                     if J.graph["roles"].get(w) == "state"]
-    loop = set()
     forced = set(o for o in d_state_outs if o in bwd_nodes)
     while True:
         loop = set(forced)
