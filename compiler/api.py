@@ -70,8 +70,12 @@ class _Layer:
                 self.builds[mode] = build(G, stage, dep, B, self.n_fwd, train=mode == "train")
             graph_cache.put(k, self.builds)
         self.runners, self.natives = {}, {}
-        for m, b in self.builds.items():
-            self.runners[m], self.natives[m] = options["make_runner"](b.program, T)
+        self.ensure("train")    # the forward-only program is compiled on first use
+
+    def ensure(self, mode):
+        if mode not in self.runners:
+            self.runners[mode], self.natives[mode] = self.options["make_runner"](
+                self.builds[mode].program, self.T)
 
     def ensure_adjoints(self):
         """The train program variant that also stores every step's state adjoints (built on
@@ -80,8 +84,7 @@ class _Layer:
             J = joint_graph(self.ld, adjoints=True)
             stage, dep = assign(J, self.B, self.n_fwd, train=True)
             self.builds["adjoints"] = build(J, stage, dep, self.B, self.n_fwd, train=True)
-            self.runners["adjoints"], self.natives["adjoints"] = self.options["make_runner"](
-                self.builds["adjoints"].program, self.T)
+        self.ensure("adjoints")
 
     def _inputs(self, built, params, xs, s0):
         names = built.J.graph["names"]
@@ -95,24 +98,34 @@ class _Layer:
             inputs[f"s0_{j}"] = s
         return inputs, env
 
-    def run(self, mode, params, xs, s0, d_out=None, d_sT=None):
+    def run(self, mode, params, xs, s0, d_sT=None, phase=None):
+        """The forward pass (mode "forward"), or the forward phase of a training program
+        (mode "train"/"adjoints", phase "fwd"): returns (y, final state) and keeps what the
+        backward phase needs."""
         built = self.builds[mode]
         rev = self.ld.reverse
-        inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
+        inputs, self.env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
         if mode != "forward":
-            inputs["d_out"] = d_out[::-1] if rev else d_out
             for j, d in enumerate(d_sT):
                 inputs[f"d_sT_{j}"] = d
-        res = self.runners[mode](inputs, xs.shape[0])
+        self.T_run, self.mode_run = xs.shape[0], mode
+        self.ensure(mode)
+        res = self.runners[mode](inputs, xs.shape[0], phase)
         o = built.outputs
         buf, view = o["y"]
         y = res[buf][1:] if view == "all+1" else res[buf]
         y = y[::-1] if rev else y
         state = [res[name][-1] for name in o["state"]]
-        if mode == "forward":
-            # every state the loop produced (T+1 slots each), for truncated BPTT
-            self.last_states = None if rev else [np.array(res[n]) for n in o["state"]]
-            return np.array(y), [np.array(s) for s in state]
+        # every state the loop produced (T+1 slots each), for truncated BPTT
+        self.last_states = None if rev else [np.array(res[n]) for n in o["state"]]
+        return np.array(y), [np.array(s) for s in state]
+
+    def backward(self, d_out):
+        """The backward phase after run(..., phase="fwd"): (param grads, d_xs, d_state0)."""
+        built, rev = self.builds[self.mode_run], self.ld.reverse
+        res = self.runners[self.mode_run]({"d_out": d_out[::-1] if rev else d_out},
+                                          self.T_run, "bwd")
+        o = built.outputs
         dx = None
         if "d_x" in o:
             dx = res[o["d_x"]][::-1] if rev else res[o["d_x"]]
@@ -121,13 +134,13 @@ class _Layer:
         # per-step adjoints gradient-flow inspection reads, free from the reverse loop's buffers
         if o.get("adjoints"):
             self.last_adjoints = np.concatenate([res[n] for n in o["adjoints"]], axis=-1)
+        env = dict(self.env)
         for cnid, gname in built.grads.items():
             env[cnid] = res[gname].reshape(ir.node(built.J, cnid).shape)
         keys = list(o["d_params"])
         vals = evaluate(built.J, [o["d_params"][k] for k in keys], env)
         grads = {self.ld.names[k]: np.array(v) for k, v in zip(keys, vals)}
-        return (np.array(y), [np.array(s) for s in state], grads,
-                None if dx is None else np.array(dx), d_s0)
+        return grads, None if dx is None else np.array(dx), d_s0
 
 
 class CompiledProgram(ReferenceProgram):
@@ -152,9 +165,12 @@ class CompiledProgram(ReferenceProgram):
             from .sched_numpy import execute, user_view
 
             def make(prog, T):
-                def run(inputs, T):
-                    store = execute(prog, T, inputs)
-                    return {n: user_view(prog, store, n) for n in store}
+                last = {}
+
+                def run(inputs, T, phase=None):
+                    last["store"] = execute(prog, T, inputs, phase=phase,
+                                            store=last.get("store"))
+                    return {n: user_view(prog, last["store"], n) for n in last["store"]}
                 return run, None
             return make
         if backend != "native":
@@ -166,7 +182,8 @@ class CompiledProgram(ReferenceProgram):
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
                                    opt=opts["opt"], threads=threads)
             # every buffer a schedule reads is an input or written first: no zeroing needed
-            return (lambda inputs, T: native.run(T, inputs, zero=False)), native
+            return (lambda inputs, T, phase=None: native.run(T, inputs, zero=False,
+                                                             phase=phase)), native
         return make
 
     # -- running
@@ -196,13 +213,14 @@ class CompiledProgram(ReferenceProgram):
             out = np.swapaxes(out, 0, 1)
         if not return_states:
             return out, self._pack_state(finals)
+        return out, self._pack_state(finals), self._states_per_step(xs.shape[0])
+
+    def _states_per_step(self, T):
         cls = [cl for row in self.compiled for cl in row]
         if any(cl.ld.reverse for cl in cls):
-            raise ValueError("forward(return_states=True): a bidirectional model has no state "
-                             "'after step t'")
-        per_t = [self._pack_state([[leaf[t] for leaf in cl.last_states] for cl in cls])
-                 for t in range(xs.shape[0] + 1)]
-        return out, self._pack_state(finals), per_t
+            raise ValueError("return_states: a bidirectional model has no state 'after step t'")
+        return [self._pack_state([[leaf[t] for leaf in cl.last_states] for cl in cls])
+                for t in range(T + 1)]
 
     def _xs(self, xs):
         """Any sequence length: the native loops take T at run time (buffers follow it)."""
@@ -219,17 +237,40 @@ class CompiledProgram(ReferenceProgram):
         self._mode = _mode
         return super().vjp(xs, state0, d_out, d_state_T)
 
-    def _record(self, xs, s0):
-        if len(self.compiled) == 1 and len(self.compiled[0]) == 1:
-            return [xs], s0   # one layer: its train program runs the forward itself
-        return self._layers_forward(xs, s0)[2], s0
+    def _record(self, xs, s0, d_sT):
+        """Forward phase of every layer's training program, bottom-up; each keeps its buffers
+        for its backward phase, so nothing is recomputed."""
+        layer_in, finals = xs, []
+        for row in self.compiled:
+            outs = []
+            for cl in row:
+                k = cl.ld.layer * len(row) + cl.ld.direction
+                y, s = cl.run(self._mode, self._params(cl), layer_in, self._per_layerdir(s0, k),
+                              self._per_layerdir(d_sT, k), phase="fwd")
+                outs.append(y)
+                finals.append(s)
+            layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
+        self._forward_result = (layer_in, finals)
 
     def _layer_vjp(self, k, ld, ctx, d_ys, ds):
-        layer_inputs, s0 = ctx
-        cl = self.compiled[ld.layer][ld.direction]
-        _, _, g, dx, d_s0 = cl.run(self._mode, self._params(cl), layer_inputs[k],
-                                   self._per_layerdir(s0, k), d_ys, ds)
-        return g, dx, d_s0
+        return self.compiled[ld.layer][ld.direction].backward(d_ys)
+
+    def begin(self, xs, state0=None, d_state_T=None, return_states=False):
+        """Forward phase of training: (out, state_T[, states after every step]); then
+        finish(d_out) gives the gradients without running the forward again."""
+        xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
+        self._mode = "train"
+        self._record(xs, s0, self._state_leaves("d_state_T", d_state_T))
+        out, finals = self._forward_result
+        if self.builtin and self.model.batch_first:
+            out = np.swapaxes(out, 0, 1)
+        if not return_states:
+            return out, self._pack_state(finals)
+        return out, self._pack_state(finals), self._states_per_step(xs.shape[0])
+
+    def finish(self, d_out):
+        """(param_grads, d_xs, d_state0) for the forward phase begin() ran."""
+        return self._reverse(self._d_out(d_out), None)
 
     def step_adjoints(self, xs, state0, d_out, d_state_T=None):
         """{"l0", "l0_reverse", ...: (T, B, S)} gradients on the states s_1..s_T each layer's
@@ -255,6 +296,9 @@ class CompiledProgram(ReferenceProgram):
         return [b.J for b in self.programs("train")]
 
     def _natives(self, mode):
+        for row in self.compiled:
+            for cl in row:
+                cl.ensure(mode)
         ns = [cl.natives[mode] for row in self.compiled for cl in row]
         if any(n is None for n in ns):
             raise RuntimeError("LLVM IR and assembly exist only for backend='native'")

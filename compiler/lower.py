@@ -51,6 +51,7 @@ class Lowered:
     n_kernels: int
     externals: list             # external symbols the runtime must bind (BLAS, kernel library)
     workspace: int = 0          # bytes of the trailing ws argument (packed weights, scratch)
+    phases: list = None         # [forward entry, backward entry]: `run` split in two calls
 
 
 BLAS_SYMBOLS = {"float32": "gg_cblas_sgemm", "float64": "gg_cblas_dgemm"}
@@ -68,41 +69,55 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
         raise ValueError("lower: unroll=True needs the sequence length T >= 1")
     mod = ir.Module(name=f"graphgrad_{entry}")
     names = list(prog.buffers)
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1)),
-                     name=entry)
-    fn.args[0].name = "T"
-    for a, n in zip(fn.args[1:], names + ["ws"]):
-        a.name = n
-        a.add_attribute("noalias")
+    fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1))
+    # `run` does everything; `run_fwd` (pre, packing, forward loop) then `run_bwd` (reverse loop,
+    # post) on the same buffers do the same in two calls, so a caller can compute the output
+    # cotangent from the forward results in between (a head and loss, the layer above).
+    phases = {entry: ("pre", "fwd_loop", "bwd_loop", "post"),
+              f"{entry}_fwd": ("pre", "fwd_loop"), f"{entry}_bwd": ("bwd_loop", "post")}
+    fns = {}
+    for name in phases:
+        f = fns[name] = ir.Function(mod, fty, name=name)
+        f.args[0].name = "T"
+        for a, n in zip(f.args[1:], names + ["ws"]):
+            a.name = n
+            a.add_attribute("noalias")
+    fn = fns[entry]
     cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm, library, fn.args[-1])
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    nT = ir.Constant(I64, T) if unroll else fn.args[0]
-    cg.T = nT
     stages = {s: [cg.kernel_fn(k, f"{s}_{i}", s) for i, k in enumerate(getattr(prog, s))]
               for s in STAGES}
+    for name, wanted in phases.items():
+        f = fns[name]
+        cg.args, cg.ws = dict(zip(names, f.args[1:])), f.args[-1]
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        nT = ir.Constant(I64, T) if unroll else f.args[0]
+        cg.T = nT
 
-    def stage(s, t):
-        for k, f in zip(getattr(prog, s), stages[s]):
-            cg.call(b, k, f, t)
+        def stage(s, t, b=b):
+            for k, kf in zip(getattr(prog, s), stages[s]):
+                cg.call(b, k, kf, t)
 
-    stage("pre", None)
-    cg.prepack(b)
-    for s, rev in (("fwd_loop", False), ("bwd_loop", True)):
-        if not getattr(prog, s):
-            continue
-        if unroll:
-            for t in (reversed(range(T)) if rev else range(T)):
-                stage(s, ir.Constant(I64, t))
-        else:
-            counted_loop(b, ir.Constant(I64, 0), nT, 1,
-                         lambda i, s=s, rev=rev: stage(s, b.sub(b.sub(nT, ir.Constant(I64, 1)), i)
-                                                      if rev else i))
-    stage("post", None)
-    b.ret_void()
+        if "pre" in wanted:
+            stage("pre", None)
+            cg.prepack(b)
+        for s, rev in (("fwd_loop", False), ("bwd_loop", True)):
+            if s not in wanted or not getattr(prog, s):
+                continue
+            if unroll:
+                for t in (reversed(range(T)) if rev else range(T)):
+                    stage(s, ir.Constant(I64, t))
+            else:
+                counted_loop(b, ir.Constant(I64, 0), nT, 1,
+                             lambda i, s=s, rev=rev, b=b, nT=nT: stage(
+                                 s, b.sub(b.sub(nT, ir.Constant(I64, 1)), i) if rev else i))
+        if "post" in wanted:
+            stage("post", None)
+        b.ret_void()
     externals = cg.externals | {f.name for f in mod.functions
                                 if f.is_declaration and f.name.startswith("gg_")}
     return Lowered(str(mod), entry, names, T if unroll else None,
-                   sum(len(getattr(prog, s)) for s in STAGES), sorted(externals), cg.ws_bytes)
+                   sum(len(getattr(prog, s)) for s in STAGES), sorted(externals), cg.ws_bytes,
+                   [f"{entry}_fwd", f"{entry}_bwd"])
 
 
 class _Codegen:

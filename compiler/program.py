@@ -159,7 +159,10 @@ class ReferenceProgram:
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
         d_out = self._d_out(d_out)
         d_sT = self._state_leaves("d_state_T", d_state_T)
-        ctx = self._record(xs, s0)
+        return self._reverse(d_out, self._record(xs, s0, d_sT), d_sT)
+
+    def _reverse(self, d_out, ctx, d_sT=None):
+        """Layers top-down: each layer-direction's reverse pass, chaining d_xs downwards."""
         grads = {}
         d_s0 = [None] * sum(len(row) for row in self.layers)
         d_layer_out = d_out
@@ -170,7 +173,8 @@ class ReferenceProgram:
                 width = ir.node(ld.step.G, ld.step.y).shape[-1]
                 d_ys = np.ascontiguousarray(d_layer_out[..., off:off + width])
                 off += width
-                g, d_xs, d_s0[k] = self._layer_vjp(k, ld, ctx, d_ys, self._per_layerdir(d_sT, k))
+                ds = None if d_sT is None else self._per_layerdir(d_sT, k)
+                g, d_xs, d_s0[k] = self._layer_vjp(k, ld, ctx, d_ys, ds)
                 for name, v in g.items():
                     grads[name] = grads[name] + v if name in grads else v
                 if d_xs is not None:
@@ -188,7 +192,7 @@ class ReferenceProgram:
         return _check("d_out", d_out, AVal((self.x_aval.shape[0], self.B, width), self.dtype))
 
     # -- what the reverse pass of one layer-direction needs, and the pass itself
-    def _record(self, xs, s0):
+    def _record(self, xs, s0, d_sT):
         return self._forward(xs, s0)[2]
 
     def _layer_vjp(self, k, ld, tape, d_ys, ds):

@@ -84,17 +84,23 @@ def run_fused(prog, k: Fused, V):
             out[0] = s
 
 
-def execute(prog: Program, T: int, inputs: dict, check: bool = True) -> dict:
+def execute(prog: Program, T: int, inputs: dict, check: bool = True, phase=None,
+            store=None) -> dict:
     """Run pre, the forward loop, the reverse loop and post; returns the storage dict.
 
     inputs: buffer name -> array in user shape ((slots,) + shape for time-indexed buffers);
-    missing buffers start at zero. Read results with `user_view`.
+    missing buffers start at zero. Read results with `user_view`. phase="fwd" runs pre and the
+    forward loop only; phase="bwd" the reverse loop and post on the `store` a "fwd" call returned.
     """
     if T < 1:
         raise ValueError(f"execute: T must be >= 1, got {T}")
-    if check:
+    if check and phase != "bwd":
         validate(prog)
-    store = allocate(prog, T)
+    if phase == "bwd":
+        if store is None:
+            raise ValueError("execute: phase='bwd' needs the store of the forward phase")
+    else:
+        store = allocate(prog, T)
     for name, value in inputs.items():
         if name not in store:
             raise KeyError(f"execute: no buffer named {name!r}")
@@ -103,14 +109,16 @@ def execute(prog: Program, T: int, inputs: dict, check: bool = True) -> dict:
         if value.shape != dst.shape:
             raise ValueError(f"execute: {name} has shape {value.shape}, buffer is {dst.shape}")
         dst[...] = value
-    for k in prog.pre:
-        run_kernel(prog, store, k, None, T)
-    for t in range(T):
-        for k in prog.fwd_loop:
-            run_kernel(prog, store, k, t, T)
-    for t in reversed(range(T)):
-        for k in prog.bwd_loop:
-            run_kernel(prog, store, k, t, T)
-    for k in prog.post:
-        run_kernel(prog, store, k, None, T)
+    if phase != "bwd":
+        for k in prog.pre:
+            run_kernel(prog, store, k, None, T)
+        for t in range(T):
+            for k in prog.fwd_loop:
+                run_kernel(prog, store, k, t, T)
+    if phase != "fwd":
+        for t in reversed(range(T)):
+            for k in prog.bwd_loop:
+                run_kernel(prog, store, k, t, T)
+        for k in prog.post:
+            run_kernel(prog, store, k, None, T)
     return store

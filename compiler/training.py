@@ -30,13 +30,14 @@ def head_and_core(model, core, xs, loss_fn, state0=None, return_states=False):
     """loss_fn(out Tensor) -> scalar loss on the tape. Returns (loss, grads keyed like
     model.parameters(), final state, [states after each step] or None).
 
-    The recurrence runs natively (forward, then forward + BPTT); the encoding, head and loss run
-    once over all T*B rows on the tape, whose gradient w.r.t. the outputs feeds the native vjp.
+    The recurrence runs natively in two phases of one program (the forward loop, then the
+    reverse loop on the same buffers); in between, the encoding, head and loss run once over
+    all T*B rows on the tape, whose gradient w.r.t. the outputs feeds the reverse phase.
     """
     enc = _encode(model, xs)
     if state0 is None:
         state0 = model.rnn.init_state(enc.shape[1])
-    res = core.forward(enc, state0, return_states=return_states)
+    res = core.begin(enc, state0, _zeros_like_state(state0), return_states=return_states)
     out, state_T = res[0], res[1]
     out_t = Tensor(out, requires_grad=True)
     head = model.head.parameters()
@@ -51,7 +52,7 @@ def head_and_core(model, core, xs, loss_fn, state0=None, return_states=False):
     finally:
         for k, p in head.items():
             p.grad = saved[k]
-    core_grads, d_enc, _ = core.vjp(enc, state0, out_t.grad, _zeros_like_state(state0))
+    core_grads, d_enc, _ = core.finish(out_t.grad)
     grads.update({f"rnn.{k}": v for k, v in core_grads.items()})
     emb = getattr(model, "embedding", None)
     if emb is not None:

@@ -96,16 +96,22 @@ class _Instance:
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
                                  *[ctypes.c_void_p] * (len(self.lowered.arg_names) + 1))
-        self.loaded = jit.load(obj, {self.lowered.entry: proto},
+        entries = {None: self.lowered.entry}
+        if self.lowered.phases:
+            entries.update(fwd=self.lowered.phases[0], bwd=self.lowered.phases[1])
+        self.loaded = jit.load(obj, {e: proto for e in entries.values()},
                                {**_libc_externals(), **blas_externals(),
                                 **kernel_library.externals(self.lowered.externals)})
-        self.fn = self.loaded[self.lowered.entry]
+        self.fns = {phase: self.loaded[e] for phase, e in entries.items()}
         self.T, self.store, self.ptrs = None, None, None
         self.ws = None
 
-    def run(self, T, inputs, zero):
+    def run(self, T, inputs, zero, phase=None):
         if self.lowered.unroll_T is not None and T != self.lowered.unroll_T:
             raise ValueError(f"this program was unrolled for T={self.lowered.unroll_T}, got T={T}")
+        if phase == "bwd" and T != self.T:
+            raise RuntimeError(f"the backward phase needs the forward phase's buffers for T={T} "
+                               f"(run phase='fwd' first)")
         if T != self.T:
             self.store, self.T = allocate(self.prog, T), T
             if self.ws is None:     # packed weights + gemm scratch, 64-byte aligned
@@ -113,7 +119,7 @@ class _Instance:
                 self.ws = raw[-raw.ctypes.data % 64:][:max(self.lowered.workspace, 1)]
             self.ptrs = [self.store[n].ctypes.data for n in self.lowered.arg_names] + \
                 [self.ws.ctypes.data]
-        elif zero:
+        elif zero and phase != "bwd":
             for n, a in self.store.items():
                 if n not in inputs:
                     a.fill(0)
@@ -124,7 +130,7 @@ class _Instance:
             if np.shape(value) != dst.shape:
                 raise ValueError(f"{name} has shape {np.shape(value)}, buffer is {dst.shape}")
             _copy_in(dst, value)
-        self.fn(T, *self.ptrs)
+        self.fns[phase](T, *self.ptrs)
         return {n: user_view(self.prog, self.store, n) for n in self.store}
 
 
@@ -140,7 +146,9 @@ class NativeProgram:
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
       library=False lowers a self-contained module (no shared kernel library; comparison only).
-    run(T, inputs, zero=True) -> {buffer name: array in user shape}
+    run(T, inputs, zero=True, phase=None) -> {buffer name: array in user shape}
+      phase="fwd" runs pre and the forward loop, phase="bwd" then the reverse loop and post on
+      the same buffers (give d_out in between); None runs all four stages in one call.
       inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not
       given start at zero when zero=True (the numpy executor's semantics); zero=False skips that
       for programs that initialise everything they read (the graph side's contract). The
@@ -177,11 +185,11 @@ class NativeProgram:
         self.lowered = self.parts[0].lowered
         self.cache_hit = all(p.cache_hit for p in self.parts)
 
-    def run(self, T: int, inputs: dict, zero: bool = True) -> dict:
+    def run(self, T: int, inputs: dict, zero: bool = True, phase=None) -> dict:
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
         if self.threads == 1:
-            return self.parts[0].run(T, inputs, zero)
+            return self.parts[0].run(T, inputs, zero, phase)
         halves = [{}, {}]
         cut = self.split
         for name, v in inputs.items():
@@ -190,8 +198,8 @@ class NativeProgram:
                 halves[0][name], halves[1][name] = v[..., :cut, :], v[..., cut:, :]
             else:
                 halves[0][name] = halves[1][name] = v
-        fut = self._pool.submit(self.parts[1].run, T, halves[1], zero)
-        r0 = self.parts[0].run(T, halves[0], zero)     # the first half in the calling thread
+        fut = self._pool.submit(self.parts[1].run, T, halves[1], zero, phase)
+        r0 = self.parts[0].run(T, halves[0], zero, phase)   # the first half in this thread
         r1 = fut.result()
         out = {}
         for name, buf in self.prog.buffers.items():

@@ -221,10 +221,13 @@ def test_two_threads_when_batch_equals_hidden_size(cache_dir, always_split):
 
 # ---------------------------------------------------------------- the on-disk cache
 def test_second_compile_is_served_by_the_cache(tmp_path, monkeypatch):
-    from runtime import jit
+    from runtime import jit, library
+    library.loaded("float64")   # the shared kernel library lives once per process, not here
     monkeypatch.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path))
     model = make_model("rnn_tanh", "1layer", np.float64, seed=9)
     first = compiler.compile(model, seq_len=4, batch=2)
+    assert len(list(tmp_path.glob("*.o"))) == 1     # the training module; forward is lazy
+    first.forward(model_xs(model, 4, 2, np.random.default_rng(1)), None)
     n_objects = len(list(tmp_path.glob("*.o")))
     assert n_objects == 2      # forward and train modules
     monkeypatch.setattr(jit, "compile_ir", lambda *a, **k: pytest.fail("LLVM ran on a hit"))
