@@ -108,3 +108,28 @@ def test_compile_command_dumps():
     r = subprocess.run([sys.executable, "-m", "graphgrad.cli", "compile", "--dump", "nope"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_begin_finish_is_vjp_without_a_second_forward(backend):
+    m = gg.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    xs, d_out = rng.standard_normal((6, 2, 3)), rng.standard_normal((6, 2, 8))
+    prog = compiler.compile(m, 6, 2, backend=backend)
+    out, state = prog.begin(xs)
+    ref_out, _ = prog.forward(xs)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-13, atol=1e-15)
+    g, dx, ds0 = prog.finish(d_out)
+    g2, dx2, ds02 = prog.vjp(xs, None, d_out)
+    np.testing.assert_allclose(dx, dx2, rtol=1e-13, atol=1e-15)
+    for k in g2:
+        np.testing.assert_allclose(g[k], g2[k], rtol=1e-13, atol=1e-15)
+    for a, b in zip(ds0, ds02):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_backward_phase_needs_the_forward_phase():
+    from runtime.program import NativeProgram
+    prog = compiler.compile(gg.RNN(2, 3, dtype=np.float64), 4, 2).programs()[0].program
+    with pytest.raises(RuntimeError, match="run phase='fwd' first"):
+        NativeProgram(prog).run(4, {}, phase="bwd")
