@@ -104,11 +104,11 @@ class _Layer:
         backward phase needs."""
         built = self.builds[mode]
         rev = self.ld.reverse
-        inputs, self.env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
-        if mode != "forward":
+        inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
+        if mode != "forward":    # a training forward phase: remember it for backward()
             for j, d in enumerate(d_sT):
                 inputs[f"d_sT_{j}"] = d
-        self.T_run, self.mode_run = xs.shape[0], mode
+            self.env, self.T_run, self.mode_run = env, xs.shape[0], mode
         self.ensure(mode)
         res = self.runners[mode](inputs, xs.shape[0], phase)
         o = built.outputs
