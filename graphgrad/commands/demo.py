@@ -10,7 +10,7 @@ HELP = "train a character LSTM on Python's own documentation text (compiled BPTT
 
 
 def add_arguments(p):
-    p.add_argument("--steps", type=positive_int, default=300, help="updates (default 300)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="updates (default 1000)")
     p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--seq-len", type=positive_int, default=50, help="k1 = k2 (default 50)")
     p.add_argument("--batch", type=positive_int, default=32)
