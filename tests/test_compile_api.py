@@ -99,6 +99,12 @@ def test_fusion_report_and_dumps():
         prog.dump("nope")
 
 
+def test_compile_command_knows_every_pass():
+    from compiler.api import PIPELINE
+    from graphgrad.commands.compile import DUMPS
+    assert set(PIPELINE) <= set(DUMPS)
+
+
 def test_compile_command_dumps():
     r = subprocess.run([sys.executable, "-m", "graphgrad.cli", "compile", "--cell", "gru",
                         "--hidden", "8", "--input", "4", "--T", "5", "--batch", "2",
