@@ -191,29 +191,35 @@ class CompiledProgram(ReferenceProgram):
         return {k: self.model.parameters()[cl.ld.names[k]].data if self.builtin
                 else cl.ld.rec.params[k].data for k in cl.params}
 
-    def _layers_forward(self, xs, s0, keep_inputs=False):
-        layer_in, finals, inputs = xs, [], []
+    def _run_layers(self, mode, xs, s0, d_sT=None):
+        """Layers bottom-up, each fed the one below. mode "forward": the inference programs;
+        otherwise the forward phase of the training programs, which keep their buffers for
+        their backward phase (so nothing is recomputed)."""
+        layer_in, finals = xs, []
         for row in self.compiled:
             outs = []
             for cl in row:
                 k = cl.ld.layer * len(row) + cl.ld.direction
-                y, s = cl.run("forward", self._params(cl), layer_in, self._per_layerdir(s0, k))
+                ds = None if d_sT is None else self._per_layerdir(d_sT, k)
+                y, s = cl.run(mode, self._params(cl), layer_in, self._per_layerdir(s0, k), ds,
+                              phase=None if mode == "forward" else "fwd")
                 outs.append(y)
                 finals.append(s)
-                inputs.append(layer_in)
             layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
-        return layer_in, finals, inputs
+        return layer_in, finals
 
     def forward(self, xs, state0=None, return_states=False):
         """(out, state_T); with return_states also the model's state after every step,
         [state_0, ..., state_T] (unidirectional models: what truncated BPTT carries)."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
-        out, finals, _ = self._layers_forward(xs, s0)
+        return self._result(*self._run_layers("forward", xs, s0), xs.shape[0], return_states)
+
+    def _result(self, out, finals, T, return_states):
         if self.builtin and self.model.batch_first:
             out = np.swapaxes(out, 0, 1)
         if not return_states:
             return out, self._pack_state(finals)
-        return out, self._pack_state(finals), self._states_per_step(xs.shape[0])
+        return out, self._pack_state(finals), self._states_per_step(T)
 
     def _states_per_step(self, T):
         cls = [cl for row in self.compiled for cl in row]
@@ -238,19 +244,7 @@ class CompiledProgram(ReferenceProgram):
         return super().vjp(xs, state0, d_out, d_state_T)
 
     def _record(self, xs, s0, d_sT):
-        """Forward phase of every layer's training program, bottom-up; each keeps its buffers
-        for its backward phase, so nothing is recomputed."""
-        layer_in, finals = xs, []
-        for row in self.compiled:
-            outs = []
-            for cl in row:
-                k = cl.ld.layer * len(row) + cl.ld.direction
-                y, s = cl.run(self._mode, self._params(cl), layer_in, self._per_layerdir(s0, k),
-                              self._per_layerdir(d_sT, k), phase="fwd")
-                outs.append(y)
-                finals.append(s)
-            layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
-        self._forward_result = (layer_in, finals)
+        return self._run_layers(self._mode, xs, s0, d_sT)
 
     def _layer_vjp(self, k, ld, ctx, d_ys, ds):
         return self.compiled[ld.layer][ld.direction].backward(d_ys)
@@ -260,13 +254,8 @@ class CompiledProgram(ReferenceProgram):
         finish(d_out) gives the gradients without running the forward again."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
         self._mode = "train"
-        self._record(xs, s0, self._state_leaves("d_state_T", d_state_T))
-        out, finals = self._forward_result
-        if self.builtin and self.model.batch_first:
-            out = np.swapaxes(out, 0, 1)
-        if not return_states:
-            return out, self._pack_state(finals)
-        return out, self._pack_state(finals), self._states_per_step(xs.shape[0])
+        out, finals = self._record(xs, s0, self._state_leaves("d_state_T", d_state_T))
+        return self._result(out, finals, xs.shape[0], return_states)
 
     def finish(self, d_out):
         """(param_grads, d_xs, d_state0) for the forward phase begin() ran."""
