@@ -21,7 +21,7 @@ from graphgrad.core import PRIMITIVES
 
 from . import ir
 from .errors import CompileError
-from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref
+from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref, kernel_refs
 from .stages import is_col_view, is_contraction
 
 LOOP = {"fwd": "fwd_loop", "bwd": "bwd_loop"}
@@ -104,9 +104,7 @@ class _Builder:
             if is_col_view(n):
                 produced[nid] = produced.get(args[0], -1)
                 continue
-            if n.op == "transpose" and all(
-                    is_contraction(self.J, u, self.dep, self.B) and self.args(u)[0] == nid
-                    for u in self.J.successors(nid)):
+            if self.read_transposed(nid):
                 produced[nid] = produced.get(args[0], -1)   # read transposed by the Gemm
                 continue
             if is_contraction(self.J, nid, self.dep, self.B):
@@ -147,6 +145,13 @@ class _Builder:
             self.groups[gi][2].append(nid)
             self.group_of[nid] = gi
             produced[nid] = gi
+
+    def read_transposed(self, nid):
+        """A transpose only batch contractions read: their Gemm reads the source with trans_a,
+        so it needs neither a kernel nor storage."""
+        return self.node(nid).op == "transpose" and all(
+            is_contraction(self.J, u, self.dep, self.B) and self.args(u)[0] == nid
+            for u in self.J.successors(nid))
 
     def domain(self, nid):
         return tuple(self.node(nid).shape)
@@ -231,7 +236,7 @@ class _Builder:
             if st in (None, "inv", "tail") or nid in self.homes:
                 continue
             n = self.node(nid)
-            if is_col_view(n):
+            if is_col_view(n) or self.read_transposed(nid):
                 continue
             if st == "contract" or (st == "bwd" and is_contraction(self.J, nid, self.dep, self.B)):
                 shape = n.shape if n.op == "matmul" else (int(np.prod(n.shape)),)
@@ -462,6 +467,23 @@ def evaluate(J, targets, env):
     return [val(t) for t in targets]
 
 
+def memory_per_step(prog, itemsize):
+    """Bytes per time step of the per-step buffers, by what they are for: what the forward loop
+    saves for the reverse loop (activations; the states are the outputs anyway), the hoisted
+    input projection, and what the reverse loop keeps for the weight-gradient products after it."""
+    writer = {}
+    for stage, k in prog.kernels():
+        for r in kernel_refs(k)[1]:
+            writer.setdefault(r.buf, stage)
+    out = {"saved_for_reverse_bytes": 0, "hoisted_bytes": 0, "kept_for_post_bytes": 0}
+    key = {"fwd_loop": "saved_for_reverse_bytes", "pre": "hoisted_bytes",
+           "bwd_loop": "kept_for_post_bytes"}
+    for buf in prog.buffers.values():
+        if buf.steps and buf.kind == "temp" and writer.get(buf.name) in key:
+            out[key[writer[buf.name]]] += int(np.prod(buf.shape)) * itemsize
+    return out
+
+
 def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
     b = _Builder(J, stage, dep, batch, n_fwd, train)
     b.dt = ir.node(J, J.graph["outputs"][0]).dtype
@@ -471,10 +493,7 @@ def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
     b.emit()
     prog = Program(b.bufs, b.kernels["pre"], b.kernels["fwd_loop"], b.kernels["bwd_loop"],
                    b.kernels["post"], {"batch": batch})
-    itemsize = np.dtype(b.dt).itemsize
-    saved = sum(int(np.prod(buf.shape)) * itemsize for buf in b.bufs.values()
-                if buf.steps and buf.kind == "temp")
-    report = {"saved_bytes_per_step": saved,
+    report = {**memory_per_step(prog, np.dtype(b.dt).itemsize),
               "buffers": len(b.bufs),
               "fused_kernels": sum(isinstance(k, Fused) and bool(k.body)
                                    for _, k in prog.kernels()),

@@ -65,8 +65,11 @@ def fusion_report(prog) -> str:
                    f"matmuls; after merging and hoisting the forward loop runs "
                    f"{per_step['fwd_loop']} product(s) per step and the reverse loop "
                    f"{per_step['bwd_loop']}")
-        out.append(f"  saved for the reverse pass: {built.report['saved_bytes_per_step']} bytes "
-                   f"per step; {len(p.buffers)} buffers")
+        r = built.report
+        out.append(f"  per step: {r['saved_for_reverse_bytes']} bytes of activations saved for the "
+                   f"reverse loop, {r['hoisted_bytes']} of hoisted input projection, "
+                   f"{r['kept_for_post_bytes']} kept for the weight-gradient products; "
+                   f"{len(p.buffers)} buffers")
         for stage in ("pre", "fwd_loop", "bwd_loop", "post"):
             for k in getattr(p, stage):
                 if isinstance(k, Fused) and k.body:
