@@ -8,6 +8,7 @@ memoizes compiled programs so every check of a case reuses one compile.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -224,3 +225,16 @@ def check_case(progs, label, table, T=None, against="tape", seed=0, **opts):
     worst = check(compare(prog, model, xs, s0, against=against), dt, f"{label} vs {against}")
     table.add(f"{label} ({DT_NAME[np.dtype(dt)]}, B={B}, T={T})", against, worst)
     return worst
+
+
+@contextlib.contextmanager
+def isolated_cache(tmp_path_factory, table, *title):
+    """A fresh GRAPHGRAD_CACHE_DIR for one test module (so no test leans on a warm cache);
+    prints the module's error table when it is done."""
+    import pytest
+    with pytest.MonkeyPatch.context() as mp:
+        d = tmp_path_factory.mktemp("graphgrad_cache")
+        mp.setenv("GRAPHGRAD_CACHE_DIR", str(d))
+        yield d
+    if table.rows:
+        print("\n" + table.text(*title))

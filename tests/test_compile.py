@@ -13,7 +13,7 @@ import compiler
 from compiler.lower import lower
 from compiler.schedule import Gemm
 from compile_checks import (CASE, CASES, DT_NAME, LAYOUTS, MODELS, TORCH_KINDS, ErrorTable,
-                            Programs, check, check_case, compare, make_model, model_xs,
+                            Programs, isolated_cache, check, check_case, compare, make_model, model_xs,
                             random_state, run_compiled)
 
 TABLE = ErrorTable()
@@ -21,12 +21,8 @@ TABLE = ErrorTable()
 
 @pytest.fixture(scope="module", autouse=True)
 def cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("graphgrad_cache")
-        mp.setenv("GRAPHGRAD_CACHE_DIR", str(d))
+    with isolated_cache(tmp_path_factory, TABLE) as d:
         yield d
-    if TABLE.rows:
-        print("\n" + TABLE.text())
 
 
 @pytest.fixture(scope="module")

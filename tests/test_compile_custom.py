@@ -15,7 +15,7 @@ import graphgrad as gg
 import compiler
 from compiler.errors import CompileError
 from compiler.schedule import Copy, Gemm
-from compile_checks import DT_NAME, ErrorTable, check, compare
+from compile_checks import DT_NAME, ErrorTable, check, compare, isolated_cache
 
 TABLE = ErrorTable()
 I = 3
@@ -23,12 +23,9 @@ I = 3
 
 @pytest.fixture(scope="module", autouse=True)
 def cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("graphgrad_cache")
-        mp.setenv("GRAPHGRAD_CACHE_DIR", str(d))
+    with isolated_cache(tmp_path_factory, TABLE,
+                        "worst relative error of compiled custom steps") as d:
         yield d
-    if TABLE.rows:
-        print("\n" + TABLE.text("worst relative error of compiled custom steps"))
 
 
 # ---------------------------------------------------------------- random step functions

@@ -1,7 +1,7 @@
 """`graphgrad compile`: compile a model and show what the compiler made of it."""
 import numpy as np
 
-from .common import positive_int
+from .common import add_model_arguments, positive_int
 
 HELP = "compile a built-in or custom model and dump its IR, schedule, LLVM IR or assembly"
 # the compiler's named passes, then the views of the result ("ir": the graph after them all)
@@ -11,14 +11,8 @@ DUMPS = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pa
 
 
 def add_arguments(p):
-    p.add_argument("--model", metavar="FILE.py:FUNCTION",
-                   help="a function returning (model, example_state) for a custom Recurrent, or "
-                        "a built-in model; default: the built-in --cell")
-    p.add_argument("--cell", default="lstm", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"])
-    p.add_argument("--T", type=positive_int, default=100, help="sequence length (default 100)")
-    p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--input", type=positive_int, default=32)
-    p.add_argument("--hidden", type=positive_int, default=64)
+    add_model_arguments(p, "a function returning (model, example_state) for a custom "
+                           "Recurrent, or a built-in model", T=100, batch=8, input=32, hidden=64)
     p.add_argument("--layers", type=positive_int, default=1)
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])

@@ -4,21 +4,15 @@ import os
 
 import numpy as np
 
-from .common import positive_int
+from .common import add_model_arguments
 
 HELP = "check a model's gradients (built-in, or --model file.py:function) against finite " \
        "differences"
 
 
 def add_arguments(p):
-    p.add_argument("--model", metavar="FILE.py:FUNCTION",
-                   help="a function returning a float64 model, or (model, arg1, ...) to call "
-                        "it with; default: the built-in --cell")
-    p.add_argument("--cell", default="lstm", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"])
-    p.add_argument("--T", type=positive_int, default=5, help="sequence length (default 5)")
-    p.add_argument("--batch", type=positive_int, default=2)
-    p.add_argument("--input", type=positive_int, default=3)
-    p.add_argument("--hidden", type=positive_int, default=4)
+    add_model_arguments(p, "a function returning a float64 model, or (model, arg1, ...) to "
+                           "call it with", T=5, batch=2, input=3, hidden=4)
     p.add_argument("--seed", type=int, default=0)
 
 
