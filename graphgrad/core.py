@@ -76,38 +76,34 @@ _modes = _Modes()
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Run ops without recording them on the tape (evaluation, optimizer updates)."""
-    prev, _modes.grad_enabled = _modes.grad_enabled, False
+def _mode(name, value):
+    """Set one of the thread's modes for the block, restoring it (nesting-safe) after."""
+    prev = getattr(_modes, name)
+    setattr(_modes, name, value)
     try:
         yield
     finally:
-        _modes.grad_enabled = prev
+        setattr(_modes, name, prev)
+
+
+def no_grad():
+    """Run ops without recording them on the tape (evaluation, optimizer updates)."""
+    return _mode("grad_enabled", False)
 
 
 def is_grad_enabled() -> bool:
     return _modes.grad_enabled
 
 
-@contextlib.contextmanager
 def detect_anomaly():
     """Raise FloatingPointError naming the first op whose forward or backward made NaN/Inf."""
-    prev, _modes.anomaly = _modes.anomaly, True
-    try:
-        yield
-    finally:
-        _modes.anomaly = prev
+    return _mode("anomaly", True)
 
 
-@contextlib.contextmanager
 def _evaluating_vjps():
     """While backward() runs VJP rules, a NaN/Inf they make is reported once, by the walk, as the
     backward of the op the rule belongs to, not as the forward of a primitive the rule uses."""
-    prev, _modes.in_vjp = _modes.in_vjp, True
-    try:
-        yield
-    finally:
-        _modes.in_vjp = prev
+    return _mode("in_vjp", True)
 
 
 @dataclass
