@@ -98,10 +98,10 @@ class _Layer:
             inputs[f"s0_{j}"] = s
         return inputs, env
 
-    def run(self, mode, params, xs, s0, d_sT=None, phase=None):
+    def run(self, mode, params, xs, s0, d_sT=None, phase=None, keep_states=False):
         """The forward pass (mode "forward"), or the forward phase of a training program
         (mode "train"/"adjoints", phase "fwd"): returns (y, final state) and keeps what the
-        backward phase needs."""
+        backward phase needs (and, with keep_states, a copy of every step's state)."""
         built = self.builds[mode]
         rev = self.ld.reverse
         inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
@@ -116,8 +116,10 @@ class _Layer:
         y = res[buf][1:] if view == "all+1" else res[buf]
         y = y[::-1] if rev else y
         state = [res[name][-1] for name in o["state"]]
-        # every state the loop produced (T+1 slots each), for truncated BPTT
-        self.last_states = None if rev else [np.array(res[n]) for n in o["state"]]
+        # every state the loop produced (T+1 slots each), for truncated BPTT; copied only on
+        # request (it is (T+1) x B x S per state leaf, as much as the output itself)
+        self.last_states = [np.array(res[n]) for n in o["state"]] \
+            if keep_states and not rev else None
         return np.array(y), [np.array(s) for s in state]
 
     def backward(self, d_out):
@@ -178,9 +180,8 @@ class CompiledProgram(ReferenceProgram):
         from runtime.program import NativeProgram
 
         def make(prog, T):
-            threads = opts["threads"] if prog.meta["batch"] >= 2 else 1
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
-                                   opt=opts["opt"], threads=threads)
+                                   opt=opts["opt"], threads=opts["threads"])
             # every buffer a schedule reads is an input or written first: no zeroing needed
             return (lambda inputs, T, phase=None: native.run(T, inputs, zero=False,
                                                              phase=phase)), native
@@ -191,7 +192,7 @@ class CompiledProgram(ReferenceProgram):
         return {k: self.model.parameters()[cl.ld.names[k]].data if self.builtin
                 else cl.ld.rec.params[k].data for k in cl.params}
 
-    def _run_layers(self, mode, xs, s0, d_sT=None):
+    def _run_layers(self, mode, xs, s0, d_sT=None, keep_states=False):
         """Layers bottom-up, each fed the one below. mode "forward": the inference programs;
         otherwise the forward phase of the training programs, which keep their buffers for
         their backward phase (so nothing is recomputed)."""
@@ -202,7 +203,8 @@ class CompiledProgram(ReferenceProgram):
                 k = cl.ld.layer * len(row) + cl.ld.direction
                 ds = None if d_sT is None else self._per_layerdir(d_sT, k)
                 y, s = cl.run(mode, self._params(cl), layer_in, self._per_layerdir(s0, k), ds,
-                              phase=None if mode == "forward" else "fwd")
+                              phase=None if mode == "forward" else "fwd",
+                              keep_states=keep_states)
                 outs.append(y)
                 finals.append(s)
             layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
@@ -212,7 +214,8 @@ class CompiledProgram(ReferenceProgram):
         """(out, state_T); with return_states also the model's state after every step,
         [state_0, ..., state_T] (unidirectional models: what truncated BPTT carries)."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
-        return self._result(*self._run_layers("forward", xs, s0), xs.shape[0], return_states)
+        return self._result(*self._run_layers("forward", xs, s0, keep_states=return_states),
+                            xs.shape[0], return_states)
 
     def _result(self, out, finals, T, return_states):
         if self.builtin and self.model.batch_first:
@@ -254,7 +257,8 @@ class CompiledProgram(ReferenceProgram):
         finish(d_out) gives the gradients without running the forward again."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
         self._mode = "train"
-        out, finals = self._record(xs, s0, self._state_leaves("d_state_T", d_state_T))
+        out, finals = self._run_layers("train", xs, s0, self._state_leaves("d_state_T", d_state_T),
+                                       keep_states=return_states)
         return self._result(out, finals, xs.shape[0], return_states)
 
     def finish(self, d_out):

@@ -36,6 +36,7 @@ from llvmlite import ir
 
 from compiler.llvmlib import gemm as gemmlib
 from compiler.llvmlib import pgemm
+from compiler import lower_threads as mt
 from compiler.lower_fused import I64, PTR, counted_loop, emit_fused, kernel_refs, as_fused
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
@@ -52,6 +53,7 @@ class Lowered:
     externals: list             # external symbols the runtime must bind (BLAS, kernel library)
     workspace: int = 0          # bytes of the trailing ws argument (packed weights, scratch)
     phases: list = None         # [forward entry, backward entry]: `run` split in two calls
+    threads: int = 1            # 2: every entry takes a trailing i64 thread id (0 or 1)
 
 
 BLAS_SYMBOLS = {"float32": "gg_cblas_sgemm", "float64": "gg_cblas_dgemm"}
@@ -60,16 +62,24 @@ BLAS_MIN_FMAS = 1 << 23
 
 
 def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: str = "auto",
-          entry: str = "run", library: bool = True) -> Lowered:
-    """Build the module text; unroll=True needs T and makes `run` valid for that T only."""
+          entry: str = "run", library: bool = True, threads: int = 1) -> Lowered:
+    """Build the module text; unroll=True needs T and makes `run` valid for that T only.
+
+    threads=2 emits cooperative entries `run(T, buffers..., ws, tid)` that two threads call at
+    once with tid 0 and 1 on the same buffers (see compiler/lower_threads.py)."""
     validate(prog)
     if gemm not in GEMM_MODES:
         raise ValueError(f"lower: gemm must be one of {GEMM_MODES}, got {gemm!r}")
+    if threads not in (1, 2):
+        raise ValueError(f"lower: threads must be 1 or 2, got {threads}")
+    if threads == 2 and (not library or gemm == "blas"):
+        raise ValueError("lower: threads=2 needs the kernel library's GEMM (library=True, "
+                         "gemm='auto' or 'llvm')")
     if unroll and (T is None or T < 1):
         raise ValueError("lower: unroll=True needs the sequence length T >= 1")
     mod = ir.Module(name=f"graphgrad_{entry}")
     names = list(prog.buffers)
-    fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1))
+    fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1) + [I64] * (threads - 1))
     # `run` does everything; `run_fwd` (pre, packing, forward loop) then `run_bwd` (reverse loop,
     # post) on the same buffers do the same in two calls, so a caller can compute the output
     # cotangent from the forward results in between (a head and loss, the layer above).
@@ -81,14 +91,20 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
         f.args[0].name = "T"
         for a, n in zip(f.args[1:], names + ["ws"]):
             a.name = n
-            a.add_attribute("noalias")
+            # two threads share every buffer, so no argument is exclusive to one call
+            if threads == 1:
+                a.add_attribute("noalias")
+        if threads == 2:
+            f.args[-1].name = "tid"
     fn = fns[entry]
-    cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm, library, fn.args[-1])
+    cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm, library,
+                  fn.args[len(names) + 1], threads)
     stages = {s: [cg.kernel_fn(k, f"{s}_{i}", s) for i, k in enumerate(getattr(prog, s))]
               for s in STAGES}
     for name, wanted in phases.items():
         f = fns[name]
-        cg.args, cg.ws = dict(zip(names, f.args[1:])), f.args[-1]
+        cg.args, cg.ws = dict(zip(names, f.args[1:])), f.args[len(names) + 1]
+        cg.tid = f.args[-1] if threads == 2 else None
         b = ir.IRBuilder(f.append_basic_block("entry"))
         nT = ir.Constant(I64, T) if unroll else f.args[0]
         cg.T = nT
@@ -117,18 +133,22 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
                                 if f.is_declaration and f.name.startswith("gg_")}
     return Lowered(str(mod), entry, names, T if unroll else None,
                    sum(len(getattr(prog, s)) for s in STAGES), sorted(externals), cg.ws_bytes,
-                   [f"{entry}_fwd", f"{entry}_bwd"])
+                   [f"{entry}_fwd", f"{entry}_bwd"], threads)
 
 
 class _Codegen:
-    def __init__(self, mod, prog, args, gemm, library=True, ws=None):
+    def __init__(self, mod, prog, args, gemm, library=True, ws=None, threads=1):
         self.mod, self.prog, self.args, self.gemm = mod, prog, args, gemm
         self.library, self.ws = library, ws
+        self.threads, self.tid = threads, None
         self.T = None
         self.externals = set()
         self.ws_bytes = 0
-        self.scratch = {}       # dtype -> ws offset of the gemm packing scratch
-        self.packed = {}        # (buf, col, cols, trans_b) -> ws offset of its packed copy
+        if threads == 2:
+            self.barrier_off = self.alloc(mt.BARRIER_BYTES)     # offset 0: the runtime zeroes it
+        self.scratch = {}       # dtype -> ws offsets of the gemm packing scratch, per thread
+        self.packed = {}        # (buf, col, cols, trans_b) -> (ws offsets of its packed copy
+        #                         (each thread's column half when threads=2), a Gemm using it)
         self.loop_writes = {r.buf for s in ("fwd_loop", "bwd_loop") for k in getattr(prog, s)
                             for r in sched_refs(k)[1]}
 
@@ -153,16 +173,39 @@ class _Codegen:
         rows, _, _, cols, _ = ref_window(self.prog, k.b)
         return (cols, rows) if k.trans_b else (rows, cols)
 
+    def mine(self, b, offs):
+        """This thread's workspace region among per-thread offsets."""
+        if self.threads == 1:
+            return self.ws_ptr(b, offs[0])
+        return b.select(b.icmp_signed("==", self.tid, ir.Constant(I64, 0)),
+                        self.ws_ptr(b, offs[0]), self.ws_ptr(b, offs[1]))
+
+    def col_share(self, b, n, dtype):
+        """(first column, count) of this thread's share of a product's n columns."""
+        if self.threads == 1:
+            return ir.Constant(I64, 0), n
+        return mt.column_range(b, n, self.tid, pgemm.nr(dtype))
+
     def prepack(self, b):
-        """Pack every loop-invariant B operand once (after pre, before the loops)."""
-        for (name, col, cols, trans_b), (off, k) in self.packed.items():
+        """Pack every loop-invariant B operand once (after pre, before the loops); with two
+        threads each packs the column half its products will use."""
+        for (name, col, cols, trans_b), (offs, k) in self.packed.items():
             dtype = self.prog.buffers[name].dtype
             K, N = self._kn(k)
             ldb = ref_window(self.prog, k.b)[4]
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
+            n0, n = self.col_share(b, c(N), dtype)
+            src = self.offset(b, self.ptr(b, k.b, None), b.mul(n0, c(ldb)) if trans_b else n0,
+                              dtype)
             b.call(pgemm.declare(self.mod, "gg_prepack", dtype),
-                   [self.ptr(b, k.b, None), c(ldb), c(int(trans_b)), c(K), c(N),
-                    self.ws_ptr(b, off)])
+                   [src, c(ldb), c(int(trans_b)), c(K), n, self.mine(b, offs)])
+
+    def offset(self, b, p, n, dtype):
+        return b.gep(p, [n], inbounds=True, source_etype=llvm_float(dtype))
+
+    def barrier(self, b):
+        if self.threads == 2:
+            b.call(mt.barrier_fn(self.mod), [self.ws_ptr(b, self.barrier_off)])
 
     def use_blas(self, k, stage):
         if self.gemm != "auto":
@@ -185,15 +228,19 @@ class _Codegen:
                 name=name)
         if isinstance(k, Gemm) and self.library:
             dtype = self.prog.buffers[k.out.buf].dtype
+            esize = 8 if dtype == "float64" else 4
             if self._packable(k, stage):
                 key = self._pack_key(k)
                 if key not in self.packed:
                     K, N = self._kn(k)
-                    esize = 8 if dtype == "float64" else 4
-                    self.packed[key] = (self.alloc(pgemm.packed_elems(dtype, K, N) * esize), k)
+                    if self.threads == 2:   # a column half, rounded up to whole panels
+                        N = -(-N // (2 * pgemm.nr(dtype))) * pgemm.nr(dtype)
+                    self.packed[key] = (
+                        [self.alloc(pgemm.packed_elems(dtype, K, N) * esize)
+                         for _ in range(self.threads)], k)
             elif dtype not in self.scratch:
-                esize = 8 if dtype == "float64" else 4
-                self.scratch[dtype] = self.alloc(pgemm.workspace_elems(dtype) * esize)
+                self.scratch[dtype] = [self.alloc(pgemm.workspace_elems(dtype) * esize)
+                                       for _ in range(self.threads)]
             return pgemm.declare(self.mod, "gg_gemm", dtype)
         if isinstance(k, Gemm):
             dtype = self.prog.buffers[k.out.buf].dtype
@@ -248,17 +295,34 @@ class _Codegen:
                 dtype = self.prog.buffers[k.out.buf].dtype
                 key = self._pack_key(k)
                 packed = t is not None and self._packable(k, "fwd_loop") and key in self.packed
+                n0, n = self.col_share(b, n, dtype)
+                pc = self.offset(b, pc, n0, dtype)
                 if packed:
-                    pb = self.ws_ptr(b, self.packed[key][0])
+                    pb = self.mine(b, self.packed[key][0])
                     scratch = self.ws_ptr(b, 0)
                 else:
-                    scratch = self.ws_ptr(b, self.scratch[dtype])
+                    pb = self.offset(b, pb, b.mul(n0, ldb) if k.trans_b else n0, dtype)
+                    scratch = self.mine(b, self.scratch[dtype])
                 b.call(f, [pa, sai, sak, pb, ldb, c(int(k.trans_b)), pc, ldc, m, n, kk,
                            c(int(k.accumulate)), scratch, c(int(packed))])
             else:
                 b.call(f, [pa, pb, pc, m, n, kk, lda, ldb, ldc])
+            self.barrier(b)
             return
         fk = as_fused(k)
         dom = next(r for r in [r for _, r in fk.outputs] +
                    [r for r, bc in fk.inputs if bc == "full"])
-        b.call(f, [self.ptr(b, r, t) for r in kernel_refs(fk)] + [self.rows(b, dom)])
+        refs, nrows = kernel_refs(fk), self.rows(b, dom)
+        ptrs = [self.ptr(b, r, t) for r in refs]
+        if self.threads == 1:
+            b.call(f, ptrs + [nrows])
+        elif fk.colsums:        # both halves would add into the same sums
+            mt.only_thread0(b, self.tid, lambda: b.call(f, ptrs + [nrows]))
+        else:
+            r0, nrows = mt.row_range(b, nrows, self.tid)
+            full = [bc == "full" for _, bc in fk.inputs] + [True] * len(fk.outputs)
+            ptrs = [self.offset(b, p, b.mul(r0, c(ref_window(self.prog, r)[4])),
+                                self.prog.buffers[r.buf].dtype) if whole_rows else p
+                    for p, r, whole_rows in zip(ptrs, refs, full)]
+            b.call(f, ptrs + [nrows])
+        self.barrier(b)

@@ -71,6 +71,7 @@ def _copy_in(dst, value, tile=256):
 # dev VM: RNN (B,I,H)=(32,64,128), 1 MFLOP per half-step: 8.7 ms whole vs 11-13 ms split; LSTM
 # (32,64,128), 4.2 MFLOP: 32 ms whole vs 21 ms split.
 SPLIT_MIN_FLOPS = 2_500_000
+SPLITS = ("cols", "batch")
 
 
 def step_flops(prog: Program) -> int:
@@ -87,15 +88,19 @@ def step_flops(prog: Program) -> int:
 class _Instance:
     """One compiled module plus its buffers (re-allocated when T changes)."""
 
-    def __init__(self, prog: Program, unroll, T, opt, gemm, library=True):
+    def __init__(self, prog: Program, unroll, T, opt, gemm, library=True, threads=1):
         self.prog = prog
         if gemm != "llvm" and not blas_externals():
             gemm = "llvm"   # no OpenBLAS next to numpy: our kernels everywhere
-        self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm, library=library)
+        self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm, library=library,
+                                      threads=threads)
         obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
-                                 *[ctypes.c_void_p] * (len(self.lowered.arg_names) + 1))
+                                 *[ctypes.c_void_p] * (len(self.lowered.arg_names) + 1),
+                                 *[ctypes.c_int64] * (threads - 1))
+        # threads=2: one module, two threads calling it at once (thread ids 0 and 1)
+        self.helper = ThreadPoolExecutor(1) if threads == 2 else None
         entries = {None: self.lowered.entry}
         if self.lowered.phases:
             entries.update(fwd=self.lowered.phases[0], bwd=self.lowered.phases[1])
@@ -115,7 +120,8 @@ class _Instance:
         if T != self.T:
             self.store, self.T = allocate(self.prog, T), T
             if self.ws is None:     # packed weights + gemm scratch, 64-byte aligned
-                raw = np.empty(self.lowered.workspace + 64, np.uint8)
+                # zeroed: a two-thread module keeps its barrier at the start
+                raw = np.zeros(self.lowered.workspace + 64, np.uint8)
                 self.ws = raw[-raw.ctypes.data % 64:][:max(self.lowered.workspace, 1)]
             self.ptrs = [self.store[n].ctypes.data for n in self.lowered.arg_names] + \
                 [self.ws.ctypes.data]
@@ -130,7 +136,12 @@ class _Instance:
             if np.shape(value) != dst.shape:
                 raise ValueError(f"{name} has shape {np.shape(value)}, buffer is {dst.shape}")
             _copy_in(dst, value)
-        self.fns[phase](T, *self.ptrs)
+        if self.helper is None:
+            self.fns[phase](T, *self.ptrs)
+        else:
+            other = self.helper.submit(self.fns[phase], T, *self.ptrs, 1)
+            self.fns[phase](T, *self.ptrs, 0)
+            other.result()
         return {n: user_view(self.prog, self.store, n) for n in self.store}
 
 
@@ -158,18 +169,23 @@ class NativeProgram:
     """
 
     def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1,
-                 gemm="auto", library=True, split_min_flops=None):
-        self.prog, self.threads = prog, threads
+                 gemm="auto", library=True, split_min_flops=None, split="cols"):
+        self.prog, self.threads, self.split_mode = prog, threads, split
         B = prog.meta.get("batch")
         if threads not in (1, 2):
             raise ValueError(f"threads must be 1 or 2, got {threads}")
-        if threads == 2 and (B is None or B < 2):
-            raise ValueError("threads=2 needs meta['batch'] >= 2 to split")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if threads == 2 and split == "cols" and (not library or gemm == "blas"):
+            split = self.split_mode = "batch"   # the column split lives in the kernel library
+        if threads == 2 and split == "batch" and (B is None or B < 2):
+            raise ValueError("threads=2 with split='batch' needs meta['batch'] >= 2 to split")
         floor = SPLIT_MIN_FLOPS if split_min_flops is None else split_min_flops
-        if threads == 2 and step_flops(with_batch(prog, B // 2)) < floor:
+        if threads == 2 and (step_flops(prog) // 2 if split == "cols" else
+                             step_flops(with_batch(prog, B // 2))) < floor:
             threads = self.threads = 1      # halves too small to pay for the split
-        if threads == 1:
-            self.parts = [_Instance(prog, unroll, T, opt, gemm, library)]
+        if threads == 1 or split == "cols":
+            self.parts = [_Instance(prog, unroll, T, opt, gemm, library, threads)]
         else:
             b1 = B // 2
             first = _Instance(with_batch(prog, b1), unroll, T, opt, gemm, library)
@@ -188,7 +204,7 @@ class NativeProgram:
     def run(self, T: int, inputs: dict, zero: bool = True, phase=None) -> dict:
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
-        if self.threads == 1:
+        if len(self.parts) == 1:
             return self.parts[0].run(T, inputs, zero, phase)
         halves = [{}, {}]
         cut = self.split

@@ -62,14 +62,41 @@ def test_rerun_without_zeroing_and_with_new_T():
                      oracle(prog, T, inputs), 1e-10)
 
 
-@pytest.mark.parametrize("B", [3, 64])
-def test_two_threads_split_batch(B):
+@pytest.mark.parametrize("B", [1, 3, 64])
+@pytest.mark.parametrize("split", ["cols", "batch"])
+def test_two_threads(B, split):
+    if split == "batch" and B == 1:
+        with pytest.raises(ValueError, match="batch"):
+            NativeProgram(lstm_program(B, I, H), threads=2, split="batch", split_min_flops=0)
+        return
     prog = lstm_program(B, I, H)
-    _, inputs = make_case("lstm", 9, B, I, H)
-    native = NativeProgram(prog, threads=2, split_min_flops=0)
-    assert len(native.parts) == 2
-    got = results(prog, native.run(9, inputs).get)
-    assert_close(got, oracle(prog, 9, inputs), 1e-10)
+    native = NativeProgram(prog, threads=2, split_min_flops=0, split=split)
+    assert len(native.parts) == (1 if split == "cols" else 2)
+    for T in (9, 9, 4):      # reruns: buffers and the barrier are reused
+        _, inputs = make_case("lstm", T, B, I, H, seed=T)
+        got = results(prog, native.run(T, inputs).get)
+        assert_close(got, oracle(prog, T, inputs), 1e-10)
+
+
+def test_two_threads_column_split_is_exact_and_phased():
+    """threads=2 (column split) gives one thread's results bit for bit, also in two phases."""
+    prog = lstm_program(5, I, H)
+    _, inputs = make_case("lstm", 6, 5, I, H)
+    one = NativeProgram(prog)
+    two = NativeProgram(prog, threads=2, split_min_flops=0)
+    want = {n: np.array(v) for n, v in one.run(6, inputs).items()}
+    fwd_inputs = {n: v for n, v in inputs.items() if n != "d_out"}
+    two.run(6, fwd_inputs, phase="fwd")
+    got = two.run(6, {"d_out": inputs["d_out"]}, phase="bwd")
+    for n, v in want.items():
+        assert np.array_equal(v, got[n]), n
+
+
+def test_two_threads_need_the_kernel_library():
+    with pytest.raises(ValueError, match="threads=2 needs the kernel library"):
+        lower(lstm_program(3, I, H), threads=2, library=False)
+    with pytest.raises(ValueError, match="threads must be 1 or 2"):
+        lower(lstm_program(3, I, H), threads=3)
 
 
 def test_small_halves_run_unsplit():
