@@ -98,7 +98,8 @@ class _Layer:
             inputs[f"s0_{j}"] = s
         return inputs, env
 
-    def run(self, mode, params, xs, s0, d_sT=None, phase=None, keep_states=False):
+    def run(self, mode, params, xs, s0, d_sT=None, phase=None, keep_states=False,
+            borrow=False):
         """The forward pass (mode "forward"), or the forward phase of a training program
         (mode "train"/"adjoints", phase "fwd"): returns (y, final state) and keeps what the
         backward phase needs (and, with keep_states, a copy of every step's state)."""
@@ -110,7 +111,7 @@ class _Layer:
                 inputs[f"d_sT_{j}"] = d
             self.env, self.T_run, self.mode_run = env, xs.shape[0], mode
         self.ensure(mode)
-        res = self.runners[mode](inputs, xs.shape[0], phase)
+        res = self.runners[mode](inputs, xs.shape[0], phase, borrow)
         o = built.outputs
         buf, view = o["y"]
         y = res[buf][1:] if view == "all+1" else res[buf]
@@ -169,7 +170,7 @@ class CompiledProgram(ReferenceProgram):
             def make(prog, T):
                 last = {}
 
-                def run(inputs, T, phase=None):
+                def run(inputs, T, phase=None, borrow=False):
                     last["store"] = execute(prog, T, inputs, phase=phase,
                                             store=last.get("store"))
                     return {n: user_view(prog, last["store"], n) for n in last["store"]}
@@ -183,8 +184,8 @@ class CompiledProgram(ReferenceProgram):
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
                                    opt=opts["opt"], threads=opts["threads"])
             # every buffer a schedule reads is an input or written first: no zeroing needed
-            return (lambda inputs, T, phase=None: native.run(T, inputs, zero=False,
-                                                             phase=phase)), native
+            return (lambda inputs, T, phase=None, borrow=False: native.run(
+                T, inputs, zero=False, phase=phase, borrow=borrow)), native
         return make
 
     # -- running
@@ -192,7 +193,7 @@ class CompiledProgram(ReferenceProgram):
         return {k: self.model.parameters()[cl.ld.names[k]].data if self.builtin
                 else cl.ld.rec.params[k].data for k in cl.params}
 
-    def _run_layers(self, mode, xs, s0, d_sT=None, keep_states=False):
+    def _run_layers(self, mode, xs, s0, d_sT=None, keep_states=False, borrow=False):
         """Layers bottom-up, each fed the one below. mode "forward": the inference programs;
         otherwise the forward phase of the training programs, which keep their buffers for
         their backward phase (so nothing is recomputed)."""
@@ -204,7 +205,7 @@ class CompiledProgram(ReferenceProgram):
                 ds = None if d_sT is None else self._per_layerdir(d_sT, k)
                 y, s = cl.run(mode, self._params(cl), layer_in, self._per_layerdir(s0, k), ds,
                               phase=None if mode == "forward" else "fwd",
-                              keep_states=keep_states)
+                              keep_states=keep_states, borrow=borrow)
                 outs.append(y)
                 finals.append(s)
             layer_in = np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
@@ -247,7 +248,8 @@ class CompiledProgram(ReferenceProgram):
         return super().vjp(xs, state0, d_out, d_state_T)
 
     def _record(self, xs, s0, d_sT):
-        return self._run_layers(self._mode, xs, s0, d_sT)
+        # vjp runs both phases before it returns: the native side may read xs in place
+        return self._run_layers(self._mode, xs, s0, d_sT, borrow=True)
 
     def _layer_vjp(self, k, ld, ctx, d_ys, ds):
         return self.compiled[ld.layer][ld.direction].backward(d_ys)

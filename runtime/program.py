@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler import lower as lowering
 from compiler.sched_numpy import allocate, user_view
-from compiler.schedule import Gemm, Program, is_batched, ref_window, with_batch
+from compiler.schedule import STAGES, Gemm, Program, is_batched, kernel_refs, ref_window, with_batch
 from runtime import cache, jit
 from runtime import library as kernel_library
 
@@ -110,8 +110,11 @@ class _Instance:
         self.fns = {phase: self.loaded[e] for phase, e in entries.items()}
         self.T, self.store, self.ptrs = None, None, None
         self.ws = None
+        self.bound = {}
+        self.written = {r.buf for s in STAGES for k in getattr(prog, s)
+                        for r in kernel_refs(k)[1]}
 
-    def run(self, T, inputs, zero, phase=None):
+    def run(self, T, inputs, zero, phase=None, borrow=False):
         if self.lowered.unroll_T is not None and T != self.lowered.unroll_T:
             raise ValueError(f"this program was unrolled for T={self.lowered.unroll_T}, got T={T}")
         if phase == "bwd" and T != self.T:
@@ -129,20 +132,39 @@ class _Instance:
             for n, a in self.store.items():
                 if n not in inputs:
                     a.fill(0)
+        # arrays read in place: a backward phase keeps the forward phase's
+        bound = dict(self.bound) if phase == "bwd" else {}
         for name, value in inputs.items():
             if name not in self.store:
                 raise KeyError(f"no buffer named {name!r}")
             dst = user_view(self.prog, self.store, name)
             if np.shape(value) != dst.shape:
                 raise ValueError(f"{name} has shape {np.shape(value)}, buffer is {dst.shape}")
-            _copy_in(dst, value)
+            if self._bindable(name, value, phase, borrow):
+                bound[name] = value
+            else:
+                _copy_in(dst, value)
+        ptrs = self.ptrs if not bound else [
+            bound[n].ctypes.data if n in bound else p
+            for n, p in zip(self.lowered.arg_names + ["ws"], self.ptrs)]
         if self.helper is None:
-            self.fns[phase](T, *self.ptrs)
+            self.fns[phase](T, *ptrs)
         else:
-            other = self.helper.submit(self.fns[phase], T, *self.ptrs, 1)
-            self.fns[phase](T, *self.ptrs, 0)
+            other = self.helper.submit(self.fns[phase], T, *ptrs, 1)
+            self.fns[phase](T, *ptrs, 0)
             other.result()
-        return {n: user_view(self.prog, self.store, n) for n in self.store}
+        self.bound = bound
+        return {n: bound[n] if n in bound else user_view(self.prog, self.store, n)
+                for n in self.store}
+
+    def _bindable(self, name, value, phase, borrow):
+        """Whether the program can read the caller's array in place instead of a copy: a
+        contiguous array of the buffer's dtype and whole size that the program never writes.
+        In a forward phase only when the caller promises (borrow) to leave the array alone until
+        the backward phase has run, which reads the inputs again."""
+        return (phase != "fwd" or borrow) and name not in self.written and \
+            isinstance(value, np.ndarray) and value.flags.c_contiguous and \
+            value.dtype == self.store[name].dtype and value.size == self.store[name].size
 
 
 class NativeProgram:
@@ -162,8 +184,11 @@ class NativeProgram:
       the same buffers (give d_out in between); None runs all four stages in one call.
       inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not
       given start at zero when zero=True (the numpy executor's semantics); zero=False skips that
-      for programs that initialise everything they read (the graph side's contract). The
-      returned arrays are the live buffers (single-thread mode): copy before the next call.
+      for programs that initialise everything they read (the graph side's contract). An input
+      that is a contiguous array of the buffer's dtype, for a buffer the program only reads, is
+      read in place instead of copied (in a forward phase only with borrow=True: the caller then
+      leaves it unchanged until the backward phase has run). The returned arrays are the live
+      buffers (single-thread mode): copy before the next call.
       With threads=2, batch-major buffers are concatenated, "grad" buffers summed and "temp"
       buffers left out.
     """
@@ -201,11 +226,11 @@ class NativeProgram:
         self.lowered = self.parts[0].lowered
         self.cache_hit = all(p.cache_hit for p in self.parts)
 
-    def run(self, T: int, inputs: dict, zero: bool = True, phase=None) -> dict:
+    def run(self, T: int, inputs: dict, zero: bool = True, phase=None, borrow=False) -> dict:
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
         if len(self.parts) == 1:
-            return self.parts[0].run(T, inputs, zero, phase)
+            return self.parts[0].run(T, inputs, zero, phase, borrow)
         halves = [{}, {}]
         cut = self.split
         for name, v in inputs.items():

@@ -134,6 +134,25 @@ def test_begin_finish_is_vjp_without_a_second_forward(backend):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inputs_changed_between_begin_and_finish_do_not_change_the_gradients(threads):
+    """vjp reads contiguous inputs in place; begin() must copy them, because finish() reads
+    them again after the caller may have reused the array (a training loop's input buffer)."""
+    m = gg.RNN(3, 64, dtype=np.float64)
+    rng = np.random.default_rng(6)
+    xs, d_out = rng.standard_normal((5, 4, 3)), rng.standard_normal((5, 4, 64))
+    prog = compiler.compile(m, 5, 4, threads=threads)
+    kept = xs.copy()
+    g_ref, dx_ref, _ = prog.vjp(xs, None, d_out)
+    assert np.array_equal(xs, kept)         # read in place, never written
+    prog.begin(xs)
+    xs[:] = rng.standard_normal(xs.shape)   # the caller refills its buffer
+    g, dx, _ = prog.finish(d_out)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for k in g_ref:
+        np.testing.assert_array_equal(g[k], g_ref[k])
+
+
 def test_backward_phase_needs_the_forward_phase():
     from runtime.program import NativeProgram
     prog = compiler.compile(gg.RNN(2, 3, dtype=np.float64), 4, 2).programs()[0].program
