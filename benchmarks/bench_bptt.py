@@ -4,10 +4,11 @@
     python benchmarks/bench_bptt.py --quick         # smallest configuration only, no file written
 
 Each thread count runs in its own worker process, because BLAS, PyTorch and XLA fix their thread
-pools when they start. Reported: median ms per step, matmul GFLOP/s, and the fraction of this
-machine's measured float32 FMA peak (single-core peak x threads). The tape (the eager
-reference) is timed at one thread only, with fewer repeats: it is seconds per step at the large
-sizes.
+pools when they start. Within a configuration the peers are timed round-robin (one burst of calls
+each per round), so the ratios compare calls made under the same machine conditions. Reported:
+median ms per step, matmul GFLOP/s, and the fraction of this machine's measured float32 FMA peak
+(single-core peak x threads). The tape (the eager reference) is timed at one thread only, with
+fewer repeats: it is seconds per step at the large sizes.
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ sys.path[:0] = [HERE, ROOT]
 CONFIGS = [(1, 32, 64, 100), (32, 64, 128, 100), (32, 256, 256, 100), (64, 512, 512, 50),
            (16, 128, 1024, 50)]
 CELLS = ["rnn", "lstm", "gru"]
+BURST_MS = 30.0
 PEER_ORDER = ["compiled", "compiled-custom", "torch", "torch-loop", "jax", "tape"]
 
 
 def worker(threads, cells, configs, peers, repeats):
-    import numpy as np
-    from runtime.timing import median_ms
+    import time
+    import statistics
     import peers as P
+    from runtime.timing import auto_inner
     try:
         import torch
         torch.set_num_threads(threads)
@@ -41,20 +44,36 @@ def worker(threads, cells, configs, peers, repeats):
         for cfg in configs:
             B, I, H, T = cfg
             model, xs, d_out = P.problem(cell, B, I, H, T)
+            fns = {}
             for name in peers:
                 if name == "tape" and threads > 1:
                     continue   # the tape's reference timing is single-threaded numpy
                 try:
-                    fn = P.PEERS[name](model, xs, d_out, **({"threads": threads}
-                                                          if name.startswith("compiled") else {}))
+                    fns[name] = P.PEERS[name](model, xs, d_out, **(
+                        {"threads": threads} if name.startswith("compiled") else {}))
                 except ImportError as e:
                     print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "skip": str(e)}),
                           flush=True)
-                    continue
-                reps = max(3, repeats // 4) if name in ("tape", "torch-loop") else repeats
-                ms = median_ms(fn, repeats=reps, warmup=2)
-                print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "ms": ms}), flush=True)
-    del np
+            for fn in fns.values():     # warm-up: JIT, caches, thread pools
+                fn(), fn()
+            # Round-robin: one burst of each peer per round, so a slow phase of the VM hits every
+            # peer alike instead of whichever happened to be running. A burst is as many calls
+            # as fill ~BURST_MS (one call at the large sizes), so sub-millisecond steps are
+            # timed warm, as in a training loop. The slow peers (seconds per step) take part
+            # in the first rounds only.
+            inner = {name: auto_inner(fn, BURST_MS) for name, fn in fns.items()}
+            samples = {name: [] for name in fns}
+            for rnd in range(repeats):
+                for name, fn in fns.items():
+                    if name in ("tape", "torch-loop") and rnd >= max(3, repeats // 4):
+                        continue
+                    t0 = time.perf_counter()
+                    for _ in range(inner[name]):
+                        fn()
+                    samples[name].append((time.perf_counter() - t0) * 1e3 / inner[name])
+            for name, ms in samples.items():
+                print(json.dumps({"cell": cell, "cfg": cfg, "peer": name,
+                                  "ms": statistics.median(ms)}), flush=True)
 
 
 def run_workers(args):
