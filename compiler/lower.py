@@ -24,7 +24,8 @@ A Gemm may instead call the external symbols `gg_cblas_sgemm`/`gg_cblas_dgemm` w
 cblas_?gemm signature, which the runtime binds to numpy's bundled OpenBLAS: gemm="blas" sends
 every product there. gemm="auto" (= "llvm" with the library) uses the packed kernels everywhere:
 they tie with OpenBLAS on the whole-sequence products (T*B rows), are 1.5-2.5x faster on the
-per-step ones, and never start BLAS threads under the 2-thread batch split (docs/runtime.md).
+per-step ones, and never start BLAS threads under the program's own two threads
+(docs/runtime.md).
 Without the library, "auto" keeps the old rule: BLAS for pre/post and for per-step products of
 >= BLAS_MIN_FMAS multiply-adds, the unpacked kernels otherwise.
 """

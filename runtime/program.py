@@ -5,12 +5,18 @@ Programs link the shared kernel library (runtime/library.py: packed GEMM, vector
 `ws` is a per-instance workspace (packed loop-invariant weights, GEMM packing scratch).
 
 ctypes releases the GIL for the whole call, which covers the entire forward and BPTT loop, so
-`threads=2` can split the batch into two halves, run them in two threads on two program instances
-(compiled for B/2 rows) and sum the parameter gradients. A half of a small model costs nearly as
-much per step as the whole batch (latency-bound), so below SPLIT_MIN_FLOPS of per-step products
-per half the whole batch runs in one thread. The split only pays when the VM really has two
-cores free: the dev VM sometimes schedules both vCPUs on one host core (two concurrent
-fma_peak runs then report ~67 GFLOP/s each instead of ~135).
+two Python threads can each be inside native code at once. `threads=2` (split="cols", the
+default) calls one module compiled with lower(threads=2) from two threads with thread ids 0 and
+1: they share the buffers, split every product's columns and every elementwise kernel's rows, and
+meet at a barrier after each kernel (compiler/lower_threads.py); the results are bit-identical
+to one thread. split="batch" instead runs two program instances compiled for B/2 rows and sums
+the parameter gradients: no barriers, but each half streams the whole recurrent weight every
+step, which is what bounds the per-step products of the large models (measured, LSTM
+(16,128,1024,50): 1 thread 430-455 ms, batch split 325-350 ms, column split 205-225 ms). A
+small model's step costs about as much on half the work (latency-bound), so below
+SPLIT_MIN_FLOPS of per-step products per thread everything runs in one thread. Two threads only
+pay when the VM really has two cores free: the dev VM sometimes schedules both vCPUs on one host
+core (two concurrent fma_peak runs then report ~67 GFLOP/s each instead of ~135).
 """
 from __future__ import annotations
 
@@ -172,9 +178,11 @@ class NativeProgram:
 
     NativeProgram(prog, unroll=False, T=None, opt=3, threads=1)
       unroll=True emits straight-line code for the given T (comparison only).
-      threads=2 splits the batch over two threads (needs meta["batch"] >= 2), unless a half's
-      loop products are below split_min_flops per step (default SPLIT_MIN_FLOPS; 0 forces the
-      split): then the whole batch runs in the calling thread.
+      threads=2 runs on two threads, unless each thread's share of the loop products is below
+      split_min_flops per step (default SPLIT_MIN_FLOPS; 0 forces the split): then everything
+      runs in the calling thread. split="cols" (default): one module, two cooperating threads;
+      split="batch": two instances on the batch halves (needs meta["batch"] >= 2; also what
+      "cols" falls back to without the kernel library).
       gemm: "auto" (the kernel library's packed GEMM everywhere; see compiler/lower.py),
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
