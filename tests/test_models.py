@@ -31,6 +31,9 @@ FD_VARIANTS = [(1, False, False, True), (2, True, True, True), (1, True, False, 
                (2, False, True, False)]
 
 FD_TOL, TORCH_TOL = 1e-6, 1e-9
+# Absolute floor of the finite-difference comparison: central differences with eps = 1e-6 leave
+# ~1e-11 of noise here, while a wrong derivative is off by the size of the gradient itself.
+FD_ATOL = 1e-9
 
 
 def variant_id(v):
@@ -139,9 +142,11 @@ def fd_error(kind, variant, T, B, I, H, seed=0, max_elements=24):
         state = (h0, c0) if kind == "LSTM" else h0
         return _flat_outputs(kind, *model(xs, state))
 
-    report = gg.gradcheck(fn, inputs, rtol=FD_TOL, atol=0.0, max_elements=max_elements)
+    report = gg.gradcheck(fn, inputs, rtol=FD_TOL, atol=FD_ATOL, max_elements=max_elements)
     assert {r.name for r in report.inputs} == set(inputs)
-    return report.max_rel_err
+    # An input whose whole gradient is ~1e-6 (a drawn size can make one) has a relative error of
+    # FD noise over a tiny scale; below FD_ATOL its entries are judged by the absolute error only.
+    return max((r.max_rel_err for r in report.inputs if r.max_abs_err > FD_ATOL), default=0.0)
 
 
 def torch_error(kind, variant, T, B, I, H, seed=0, direction="torch->ours"):
