@@ -18,6 +18,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_norms(flows, path):
     """Gradient norm vs time step (log scale), one panel per model, with the route split."""
     plt = _plt()
@@ -36,9 +42,7 @@ def plot_norms(flows, path):
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("gradient norm (layer 0, mean over sequences)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_lags(flows, path, max_lag=None):
@@ -99,9 +103,7 @@ def plot_sweep(path, Ts=(5, 10, 20), wlim=4.0, n=1001):
         ax.set_xlabel("w   (h_t = tanh(w h_{t-1}), h_0 = 0.5)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_chains(chains, path):
@@ -114,9 +116,7 @@ def plot_chains(chains, path):
     ax.set_ylabel("log10 ||ds_T / ds_k||")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 __all__ = ["plot_norms", "plot_lags", "plot_sweep", "plot_chains", "scalar_sweep"]
