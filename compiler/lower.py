@@ -38,7 +38,8 @@ from llvmlite import ir
 from compiler.llvmlib import gemm as gemmlib
 from compiler.llvmlib import pgemm
 from compiler import lower_threads as mt
-from compiler.lower_fused import I64, PTR, counted_loop, emit_fused, kernel_refs, as_fused
+from compiler.lower_fused import (I64, PTR, as_fused, counted_loop, emit_fused, kernel_refs,
+                                  row_refs)
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
 from compiler.schedule import kernel_refs as sched_refs
@@ -321,9 +322,8 @@ class _Codegen:
             mt.only_thread0(b, self.tid, lambda: b.call(f, ptrs + [nrows]))
         else:
             r0, nrows = mt.row_range(b, nrows, self.tid)
-            full = [bc == "full" for _, bc in fk.inputs] + [True] * len(fk.outputs)
             ptrs = [self.offset(b, p, b.mul(r0, c(ref_window(self.prog, r)[4])),
                                 self.prog.buffers[r.buf].dtype) if whole_rows else p
-                    for p, r, whole_rows in zip(ptrs, refs, full)]
+                    for p, r, whole_rows in zip(ptrs, refs, row_refs(fk))]
             b.call(f, ptrs + [nrows])
         self.barrier(b)

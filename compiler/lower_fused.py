@@ -31,6 +31,14 @@ def kernel_refs(k: Fused) -> list:
             [r for _, r, _ in k.colsums])
 
 
+def row_refs(k: Fused) -> list:
+    """Per kernel argument (kernel_refs order): whether it is a whole-row window, read or
+    written one row per iteration row (full inputs, outputs), rather than a broadcast row or
+    scalar, or a column-sum accumulator, which every row reuses."""
+    return ([bc == "full" for _, bc in k.inputs] + [True] * len(k.outputs) +
+            [False] * len(k.colsums))
+
+
 def counted_loop(b: ir.IRBuilder, start, stop, step, body):
     """for (i = start; i < stop; i += step) body(i); leaves b after the loop."""
     fn, pre = b.function, b.block
@@ -120,10 +128,11 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
             v = vec[prog.buffers[r.buf].dtype]
             columns(lambda j, m, a=a, v=v: v.store(b, ir.Constant(v.vty, 0.0), v.ptr(b, a, j), m))
 
+    per_row = row_refs(k)
+
     def row(r):
         bases = []
-        for i, ((ref, v, ld), a) in enumerate(zip(info, fn.args)):
-            full = i >= nin and i < nin + nout or i < nin and k.inputs[i][1] == "full"
+        for (ref, v, ld), a, full in zip(info, fn.args, per_row):
             bases.append(v.ptr(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
         columns(lambda j, m: _body(b, k, info, bases, width, j, m, outline))
 
