@@ -11,14 +11,16 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       weight reused every step): K block k0 (kc rows) holds all panels at dst + k0 * Npad, Npad =
       N rounded up to NR, so the chunk (k0, j0) of gg_gemm starts at dst + k0*Npad + j0*kc.
   gg_gemm_<tag>(A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed)
-      K blocks x N chunks of NCB columns: the chunk is packed into `ws` (KC*NCB elements, 1 MB)
-      unless packed=1 (B is then a gg_prepack buffer with K blocks of KC_P; ldb/trans_b/ws
+      K blocks x N chunks of NCB columns: the chunk is packed into `ws` (KC*NCB elements, 1 MB;
+      an A slice of MR*KC follows it) unless packed=1 (B is then a gg_prepack buffer with K blocks of KC_P; ldb/trans_b/ws
       unused). Few rows (M <= MC, the per-step products): panels outer, rows inner, so each
       KC_P x NR panel stays in L1 while every MR-row block streams past it. Many rows (the
       whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
-      panels inner streamed from the L2-resident chunk. A is never packed: the MR broadcast
-      scalars per k come straight from A through its strides. Measured against OpenBLAS in
-      docs/runtime.md.
+      panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
+      straight from A through its strides, except for A^T with many rows: there the MR x kc slice
+      is first copied k-major into ws (after the B chunk), because its k steps are one cache
+      line each and a power-of-two row count makes them collide in L1 (measured 45-58 ->
+      86-97 GFLOP/s at M=2048, K=3200, N=512). Measured against OpenBLAS in docs/runtime.md.
 The micro-kernel keeps MR x 4 accumulators (6 x 4 = 24 zmm) and per k step loads 4 panel vectors
 and broadcasts MR A scalars; rows past a multiple of MR use the exact-height kernel, columns past
 N use masked stores. acc (0/1) selects C += instead of C =.
@@ -31,9 +33,11 @@ from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop, _row_blocks as
 
 MR, NV, UNROLL = 6, 4, 4
 KC = 256           # K block of products packed on the fly (chunk KC x NCB = 1 MB, in L2)
+KC_T = 128         # K block when A is read across rows (sak != 1): fewer A lines held in L1
 KC_P = 128         # K block of prepacked operands: a KC_P x NR panel (32 KB) stays in L1
 MC = 192           # M <= MC: panels outer, rows inner (each panel in L1 while all rows pass)
 PF_C = True        # prefetch the C tile at the start of each micro-kernel call
+PACK_A = True      # pack the A slice of an A^T product with many rows (see gg_gemm)
 PF_B = 16          # prefetch the B panel this many k steps ahead (0: rely on hardware)
 
 
@@ -51,7 +55,7 @@ def tag(dtype):
 
 
 def workspace_elems(dtype):
-    return KC * ncb(dtype)
+    return KC * ncb(dtype) + MR * max(KC, KC_T)     # the B chunk, then an A slice
 
 
 def packed_elems(dtype, K, N):
@@ -227,7 +231,14 @@ def _emit_gemm(kit, dtype):
     smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)  # noqa: E731
 
     few_rows = b.icmp_signed("<=", M, _c(MC))
-    kcmax = b.select(b.or_(is_packed, few_rows), _c(KC_P), _c(KC))   # few rows: L1 panels
+    kc_many = b.select(b.icmp_signed("==", sak, _c(1)), _c(KC), _c(KC_T))
+    # A read down its columns (A^T): its MR x kc slice is packed once per row block (into ws
+    # past the B chunk) and reused by every panel; its lines would alias in L1 at power-of-two
+    # row strides. Only when ws is ours: with a prepacked B, ws may hold the caller's data.
+    pack_a = b.and_(b.icmp_signed("==", sai, _c(1)), b.icmp_signed("!=", sak, _c(1)))
+    pack_a = b.and_(pack_a, b.not_(is_packed)) if PACK_A else ir.Constant(ir.IntType(1), 0)
+    apk = kit.gep(b, ws, _c(KC * chunk))
+    kcmax = b.select(b.or_(is_packed, few_rows), _c(KC_P), kc_many)   # few rows: L1 panels
 
     def kblock(k0, _):
         kc = smin(kcmax, b.sub(K, k0))
@@ -251,11 +262,20 @@ def _emit_gemm(kit, dtype):
                 def rows(i0, mr):
                     ai = kit.gep(b, a0, b.mul(i0, sai))
                     ci = kit.gep(b, C, b.add(b.mul(i0, ldc), j0))
+                    with b.if_then(pack_a):     # every k of this slice is its own cache line
+                        def kstep(k, _):
+                            for i in range(mr):
+                                x = b.load(kit.gep(b, ai, b.add(b.mul(k, sak), _c(i))),
+                                           typ=kit.fty)
+                                b.store(x, kit.gep(b, apk, b.add(b.mul(k, _c(mr)), _c(i))))
+                        _loop(b, _c(0), kc, _c(1), [], kstep)
+                    a_, sai_ = b.select(pack_a, apk, ai), b.select(pack_a, _c(1), sai)
+                    sak_ = b.select(pack_a, _c(mr), sak)
 
                     def panel(p, _):
                         jp = b.mul(p, _c(nrv))
-                        b.call(_microkernel(kit, mr), [ai, kit.gep(b, bp, b.mul(jp, kc)),
-                                                       kit.gep(b, ci, jp), sai, sak, ldc, kc,
+                        b.call(_microkernel(kit, mr), [a_, kit.gep(b, bp, b.mul(jp, kc)),
+                                                       kit.gep(b, ci, jp), sai_, sak_, ldc, kc,
                                                        b.sub(nc, jp), accf])
                     _loop(b, _c(0), npan, _c(1), [], panel)
                 _blocks(b, M, MR, rows)
