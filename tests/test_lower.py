@@ -133,6 +133,18 @@ def test_assembly_is_avx512_fma():
     assert "zmm" in asm and "vfmadd" in asm
 
 
+def _fused_ir(ir_text):
+    """The LLVM IR of the fused kernels alone (the GEMM library also prefetches)."""
+    return [f for f in ir_text.split("\ndefine ") if '@"k_' in f.split("(")[0]]
+
+
+@pytest.mark.parametrize("B,want", [(8, True), (1, False)])
+def test_fused_kernels_prefetch_the_next_row(B, want):
+    kernels = _fused_ir(lower(lstm_program(B, 16, 32, "float32")).ir_text)
+    loop_kernels = [f for f in kernels if "_loop" in f.split("(")[0]]
+    assert loop_kernels and all(("llvm.prefetch" in f) == want for f in loop_kernels)
+
+
 def _all_ops_program(dtype, rows, cols):
     bufs = {"X": Buffer("X", dtype, (rows, cols + 3)), "P": Buffer("P", dtype, (rows, cols)),
             "r": Buffer("r", dtype, (cols,)), "s": Buffer("s", dtype, (2,)),
