@@ -182,6 +182,14 @@ class _Builder:
                 return True
         return False
 
+    def _carried(self, nid, shape, name, buf, init, slot, home_slot):
+        """State leaf j (or its cotangent) lives in the T+1-slot output buffer <buf>j, whose
+        `slot` ("first"/"last") is filled from the input <init>j before the loop."""
+        j = int(name.split("[")[1].rstrip("]"))
+        self.homes[nid] = Home(self.buffer(f"{buf}{j}", shape, "T+1", "output"), home_slot)
+        self.buffer(f"{init}{j}", shape, None, "input")
+        self.inits.append(Copy(Ref(f"{buf}{j}", slot), Ref(f"{init}{j}")))
+
     def assign_homes(self, order):
         roles, names, G = self.J.graph["roles"], self.J.graph["names"], self.J.graph
         for nid in G["inputs"]:
@@ -189,17 +197,11 @@ class _Builder:
             if role == "x":
                 self.homes[nid] = Home(self.buffer("x", n.shape, "T", "input"), 0)
             elif role == "state":
-                j = int(name.split("[")[1].rstrip("]"))
-                self.homes[nid] = Home(self.buffer(f"S{j}", n.shape, "T+1", "output"), 0)
-                self.buffer(f"s0_{j}", n.shape, None, "input")
-                self.inits.append(Copy(Ref(f"S{j}", "first"), Ref(f"s0_{j}")))
+                self._carried(nid, n.shape, name, "S", "s0_", "first", 0)
             elif role == "ct" and name == "ct:y":
                 self.homes[nid] = Home(self.buffer("d_out", n.shape, "T", "input"), 0)
             elif role == "ct":
-                j = int(name.split("[")[1].rstrip("]"))
-                self.homes[nid] = Home(self.buffer(f"DS{j}", n.shape, "T+1", "output"), 1)
-                self.buffer(f"d_sT_{j}", n.shape, None, "input")
-                self.inits.append(Copy(Ref(f"DS{j}", "last"), Ref(f"d_sT_{j}")))
+                self._carried(nid, n.shape, name, "DS", "d_sT_", "last", 1)
         # invariant values read by native kernels
         for nid in order:
             if self.stage.get(nid) != "inv" and not (nid in roles and roles[nid] == "param"):

@@ -149,8 +149,7 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
 
 
 def _prefetch_next_rows(b, k, info, bases, j):
-    pf = b.module.globals.get("llvm.prefetch.p0") or ir.Function(
-        b.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name="llvm.prefetch.p0")
+    pf = info[0][1]._decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
     for i, ((_, v, ld), full) in enumerate(zip(info, row_refs(k))):
         if full:    # rw = 1 for outputs: their lines are about to be written. Past the last row
             #         the address may leave the buffer (a prefetch never faults): no inbounds.
