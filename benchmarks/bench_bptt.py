@@ -4,7 +4,8 @@
     python benchmarks/bench_bptt.py --quick         # smallest configuration only, no file written
 
 Each thread count runs in its own worker process, because BLAS, PyTorch and XLA fix their thread
-pools when they start. Within a configuration the peers are timed round-robin (one burst of calls
+pools when they start; the worker is pinned to that many cores (thread settings alone let XLA's
+matmuls use both cores in the one-thread rows). Within a configuration the peers are timed round-robin (one burst of calls
 each per round), so the ratios compare calls made under the same machine conditions. Reported:
 median ms per step, matmul GFLOP/s, and the fraction of this machine's measured float32 FMA peak
 (single-core peak x threads). The tape (the eager reference) is timed at one thread only, with
@@ -30,7 +31,20 @@ BURST_MS = 30.0
 PEER_ORDER = ["compiled", "compiled-custom", "torch", "torch-loop", "jax", "tape"]
 
 
+def pin(threads):
+    """Confine this process, and every thread pool it starts later, to `threads` cores.
+
+    Thread-count settings alone do not bound every peer: with intra_op_parallelism_threads=1
+    and Eigen's multi-threading off, XLA's matmuls still ran on both cores (CPU time 1.8x the
+    wall time), which made JAX's "1 thread" rows two-core rows. Affinity bounds all of them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < threads:
+        raise SystemExit(f"--threads {threads}: only {len(cpus)} CPU(s) available to this process")
+    os.sched_setaffinity(0, cpus[:threads])
+
+
 def worker(threads, cells, configs, peers, repeats):
+    pin(threads)      # before torch or jax start their thread pools
     import time
     import statistics
     import peers as P
@@ -63,17 +77,21 @@ def worker(threads, cells, configs, peers, repeats):
             # in the first rounds only.
             inner = {name: auto_inner(fn, BURST_MS) for name, fn in fns.items()}
             samples = {name: [] for name in fns}
+            cpu = {name: [] for name in fns}     # CPU time / wall time: cores a peer kept busy
             for rnd in range(repeats):
                 for name, fn in fns.items():
                     if name in ("tape", "torch-loop") and rnd >= max(3, repeats // 4):
                         continue
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     for _ in range(inner[name]):
                         fn()
-                    samples[name].append((time.perf_counter() - t0) * 1e3 / inner[name])
+                    wall = time.perf_counter() - t0
+                    samples[name].append(wall * 1e3 / inner[name])
+                    cpu[name].append((time.process_time() - c0) / wall)
             for name, ms in samples.items():
                 print(json.dumps({"cell": cell, "cfg": cfg, "peer": name,
-                                  "ms": statistics.median(ms)}), flush=True)
+                                  "ms": statistics.median(ms),
+                                  "cores": statistics.median(cpu[name])}), flush=True)
 
 
 def run_workers(args):
@@ -91,7 +109,8 @@ def run_workers(args):
             r = json.loads(line)
             r["threads"] = threads
             rows.append(r)
-            what = f"{r['ms']:.3f} ms" if "ms" in r else f"skipped ({r['skip']})"
+            what = f"{r['ms']:.3f} ms, {r['cores']:.2f} cores busy" if "ms" in r \
+                else f"skipped ({r['skip']})"
             print(f"  {threads}T {r['cell']:<5}{str(tuple(r['cfg'])):<22}{r['peer']:<12}{what}",
                   file=sys.stderr, flush=True)
         if proc.wait():
@@ -172,7 +191,9 @@ def write_report(path, text, peaks, cmd):
     import llvmlite.binding as llvm
     import numpy as np
     intro = (f"# Benchmarks\n\nOne BPTT training step: forward over T steps and backward with every "
-             f"gradient (weights, inputs, initial state), float32, median of repeated runs.\n\n"
+             f"gradient (weights, inputs, initial state), float32, median of repeated runs. The "
+             f"peers of a thread count run in one process pinned to that many cores, so a "
+             f"1-thread row is one core for every peer.\n\n"
              f"Command: `{cmd}`\n\nMachine: {platform.machine()}, LLVM host CPU "
              f"`{llvm.get_host_cpu_name()}`, {os.cpu_count()} cores, numpy {np.__version__}. "
              f"Measured float32 FMA peak: **{max(peaks):.1f} GFLOP/s per core**, the higher of "
