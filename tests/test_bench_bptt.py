@@ -1,0 +1,61 @@
+"""The benchmark script's bookkeeping: core pinning, the ratio table, the report file.
+
+Timings themselves are never asserted (they belong to `benchmarks/`, run on demand)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import bench_bptt  # noqa: E402
+
+
+def test_pin_confines_the_worker_and_the_threads_it_starts_later():
+    code = ("import os, sys, threading; sys.path.insert(0, 'benchmarks'); import bench_bptt; "
+            "bench_bptt.pin(1); seen = []; "
+            "t = threading.Thread(target=lambda: seen.append(len(os.sched_getaffinity(0)))); "
+            "t.start(); t.join(); print(len(os.sched_getaffinity(0)), seen[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1", "1"]
+
+
+def test_pin_refuses_more_threads_than_cores():
+    n = len(os.sched_getaffinity(0))
+    with pytest.raises(SystemExit, match=f"--threads {n + 1}: only {n} CPU"):
+        bench_bptt.pin(n + 1)
+
+
+def _rows():
+    cfg = [32, 64, 128, 100]
+    ms = {"compiled": 10.0, "compiled-custom": 12.0, "torch": 9.0, "torch-loop": 60.0,
+          "jax": 30.0, "tape": 1.0}
+    return [{"threads": 1, "cell": "lstm", "cfg": cfg, "peer": p, "ms": v} for p, v in ms.items()]
+
+
+def test_table_ratio_is_the_fastest_peer_over_compiled_and_ignores_tape_and_custom():
+    text = bench_bptt.table(_rows(), peak1=100.0)
+    head, _, row = text.splitlines()
+    cols = dict(zip([c.strip() for c in head.strip("|").split("|")],
+                    [c.strip() for c in row.strip("|").split("|")]))
+    # torch (9 ms) is the fastest peer; the tape's 1 ms and the custom cell are not peers
+    assert cols["fastest peer / compiled"] == "0.90x"
+    assert cols["torch-loop / custom"] == "5.0x" and cols["jax / custom"] == "2.5x"
+    from peers import flops
+    gf = flops("lstm", 32, 64, 128, 100) / 10.0 / 1e6
+    assert cols["compiled GFLOP/s"] == f"{gf:.1f}" and cols["% of FMA peak"] == f"{gf:.0f}%"
+
+
+def test_report_replaces_the_table_and_keeps_the_notes(tmp_path):
+    path = str(tmp_path / "BENCHMARKS.md")
+    bench_bptt.write_report(path, "| old table |", [100.0, 90.0], "python x.py")
+    with open(path, "a") as f:
+        f.write("\n## Notes\n\nhand-written reading\n")
+    bench_bptt.write_report(path, "| new table |", [120.0, 130.0], "python y.py")
+    text = open(path).read()
+    assert "| new table |" in text and "| old table |" not in text
+    assert text.endswith("## Notes\n\nhand-written reading\n")
+    assert "**130.0 GFLOP/s per core**" in text and "`python y.py`" in text
+    assert not os.path.exists(path + ".tmp")
