@@ -453,20 +453,41 @@ class _Builder:
 
 def evaluate(J, targets, env):
     """Values of `targets` by the primitives' numpy forwards; env holds inputs (node id -> array)."""
-    env = dict(env)
+    return evaluator(J, targets, env)(env)
 
-    def val(nid):
-        if nid not in env:
-            n = ir.node(J, nid)
-            if n.op == "const":
-                env[nid] = ir.const_value(n)
-            elif n.op == "input":
-                raise KeyError(f"input %{nid} ({J.graph['names'].get(nid)}) was not given")
-            else:
-                env[nid] = np.asarray(PRIMITIVES[n.op].fwd(*[val(a) for a in ir.args_of(J, nid)],
-                                                           **ir.thaw_attrs(n)))
-        return env[nid]
-    return [val(t) for t in targets]
+
+def evaluator(J, targets, given):
+    """evaluate(J, targets, env) with the graph walk done once: a function env -> values, for
+    env with the node ids `given`. The graph side calls it on every training step (weights into
+    the kernels' layouts, gradients back into the parameters'), where walking the networkx graph
+    again cost more than the arithmetic (~0.2 ms a step at B = 1)."""
+    given, steps, seen = set(given), [], set()
+    consts = {}
+
+    def visit(nid):
+        if nid in seen or nid in given:
+            return
+        seen.add(nid)
+        n = ir.node(J, nid)
+        if n.op == "const":
+            consts[nid] = ir.const_value(n)
+        elif n.op == "input":
+            raise KeyError(f"input %{nid} ({J.graph['names'].get(nid)}) was not given")
+        else:
+            args = tuple(ir.args_of(J, nid))
+            for a in args:
+                visit(a)
+            steps.append((nid, PRIMITIVES[n.op].fwd, args, ir.thaw_attrs(n)))
+    for t in targets:
+        visit(t)
+    targets = list(targets)
+
+    def run(env):
+        env = {**env, **consts}
+        for nid, fwd, args, attrs in steps:
+            env[nid] = np.asarray(fwd(*[env[a] for a in args], **attrs))
+        return [env[t] for t in targets]
+    return run
 
 
 def memory_per_step(prog, itemsize):

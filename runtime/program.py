@@ -24,6 +24,7 @@ import ctypes
 import functools
 import glob
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -119,6 +120,7 @@ class _Instance:
         self.bound = {}
         self.written = {r.buf for s in STAGES for k in getattr(prog, s)
                         for r in kernel_refs(k)[1]}
+        self.arg_index = {n: i for i, n in enumerate(self.lowered.arg_names)}
 
     def run(self, T, inputs, zero, phase=None, borrow=False):
         if self.lowered.unroll_T is not None and T != self.lowered.unroll_T:
@@ -150,9 +152,12 @@ class _Instance:
                 bound[name] = value
             else:
                 _copy_in(dst, value)
-        ptrs = self.ptrs if not bound else [
-            bound[n].ctypes.data if n in bound else p
-            for n, p in zip(self.lowered.arg_names + ["ws"], self.ptrs)]
+        ptrs = self.ptrs
+        if bound:
+            ptrs = list(ptrs)
+            for n, v in bound.items():
+                if n in self.arg_index:     # a buffer the module never reads is no argument
+                    ptrs[self.arg_index[n]] = v.ctypes.data
         if self.helper is None:
             self.fns[phase](T, *ptrs)
         else:
@@ -160,8 +165,7 @@ class _Instance:
             self.fns[phase](T, *ptrs, 0)
             other.result()
         self.bound = bound
-        return {n: bound[n] if n in bound else user_view(self.prog, self.store, n)
-                for n in self.store}
+        return _Views(self.prog, self.store, bound)
 
     def _bindable(self, name, value, phase, borrow):
         """Whether the program can read the caller's array in place instead of a copy: a
@@ -171,6 +175,25 @@ class _Instance:
         return (phase != "fwd" or borrow) and name not in self.written and \
             isinstance(value, np.ndarray) and value.flags.c_contiguous and \
             value.dtype == self.store[name].dtype and value.size == self.store[name].size
+
+
+class _Views(Mapping):
+    """Buffer name -> the live buffer in user shape (or the caller's array it read in place),
+    made on lookup: a program has dozens of buffers and a caller reads a few."""
+
+    def __init__(self, prog, store, bound):
+        self.prog, self.store, self.bound = prog, store, bound
+
+    def __getitem__(self, name):
+        if name in self.bound:
+            return self.bound[name]
+        return user_view(self.prog, self.store, name)
+
+    def __iter__(self):
+        return iter(self.store)
+
+    def __len__(self):
+        return len(self.store)
 
 
 class NativeProgram:
@@ -187,7 +210,8 @@ class NativeProgram:
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
       library=False lowers a self-contained module (no shared kernel library; comparison only).
-    run(T, inputs, zero=True, phase=None) -> {buffer name: array in user shape}
+    run(T, inputs, zero=True, phase=None) -> {buffer name: array in user shape} (a read-only
+      mapping whose arrays are made on lookup)
       phase="fwd" runs pre and the forward loop, phase="bwd" then the reverse loop and post on
       the same buffers (give d_out in between); None runs all four stages in one call.
       inputs: buffer name -> array ((T or T+1, rows, cols) for time-indexed buffers); buffers not

@@ -153,6 +153,25 @@ def test_inputs_changed_between_begin_and_finish_do_not_change_the_gradients(thr
         np.testing.assert_array_equal(g[k], g_ref[k])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_results_belong_to_the_caller_after_later_calls(threads):
+    """vjp feeds each layer the live output buffer of the layer below (no copy); what forward,
+    begin and vjp return must still be the caller's own arrays after the next calls."""
+    m = gg.GRU(3, 64, num_layers=2, dtype=np.float64)
+    rng = np.random.default_rng(7)
+    xs, d_out = rng.standard_normal((5, 4, 3)), rng.standard_normal((5, 4, 64))
+    prog = compiler.compile(m, 5, 4, threads=threads)
+    out, state = prog.forward(xs)
+    b_out, _ = prog.begin(xs)
+    g, dx, ds0 = prog.vjp(xs, None, d_out)
+    kept = [a.copy() for a in (out, state, b_out, dx, ds0, *g.values())]
+    prog.vjp(2 * xs, None, -d_out)
+    prog.forward(-xs)
+    for a, b in zip((out, state, b_out, dx, ds0, *g.values()), kept):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(prog.vjp(2 * xs, None, -d_out)[1], dx)   # the calls differ
+
+
 def test_backward_phase_needs_the_forward_phase():
     from runtime.program import NativeProgram
     prog = compiler.compile(gg.RNN(2, 3, dtype=np.float64), 4, 2).programs()[0].program
