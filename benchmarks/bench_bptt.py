@@ -5,8 +5,9 @@
 
 Each thread count runs in its own worker process, because BLAS, PyTorch and XLA fix their thread
 pools when they start; the worker is pinned to that many cores (thread settings alone let XLA's
-matmuls use both cores in the one-thread rows). Within a configuration the peers are timed round-robin (one burst of calls
-each per round), so the ratios compare calls made under the same machine conditions. Reported:
+matmuls use both cores in the one-thread rows). Within a configuration the peers are timed
+round-robin (one burst of calls each per round), so the ratios compare calls made under the
+same machine conditions. Reported:
 median ms per step, matmul GFLOP/s, and the fraction of this machine's measured float32 FMA peak
 (single-core peak x threads). The tape (the eager reference) is timed at one thread only, with
 fewer repeats: it is seconds per step at the large sizes.

@@ -111,7 +111,7 @@ class _Layer:
         (mode "train"/"adjoints", phase "fwd"): returns (y, final state) and keeps what the
         backward phase needs (and, with keep_states, a copy of every step's state).
         copy=False returns views of the live buffers, valid until this layer runs again (vjp,
-        which only feeds y to the layer above: a 6.5 MB copy per step at (64, 512, 512, 50))."""
+        which only feeds y to the layer above: 6.5 MB per training step at (64, 512, 512, 50))."""
         built = self.builds[mode]
         rev = self.ld.reverse
         inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
