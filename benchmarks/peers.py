@@ -174,5 +174,5 @@ def make_jax(model, xs, d_out):
     return lambda: jax.block_until_ready(g(p, xj, dj))
 
 
-PEERS = {"compiled": make_compiled, "compiled-custom": make_compiled_custom, "tape": make_tape, "torch": make_torch,
-         "torch-loop": make_torch_loop, "jax": make_jax}
+PEERS = {"compiled": make_compiled, "compiled-custom": make_compiled_custom, "tape": make_tape,
+         "torch": make_torch, "torch-loop": make_torch_loop, "jax": make_jax}

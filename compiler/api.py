@@ -86,11 +86,12 @@ class _Layer:
             self.builds["adjoints"] = build(J, stage, dep, self.B, self.n_fwd, train=True)
         self.ensure("adjoints")
 
-    def _inputs(self, built, params, xs, s0):
+    def _inputs(self, mode, params, xs, s0):
+        built = self.builds[mode]
         names = built.J.graph["names"]
         env = {nid: params[names[nid]] for nid, r in built.J.graph["roles"].items()
                if r == "param"}
-        vals = self._plan(built, "inv", list(built.inv.values()), env)(env)
+        vals = self._plan(mode, "inv", list(built.inv.values()), env)(env)
         inputs = {name: v.reshape(built.program.buffers[name].shape)
                   for name, v in zip(built.inv, vals)}
         inputs["x"] = xs
@@ -98,12 +99,11 @@ class _Layer:
             inputs[f"s0_{j}"] = s
         return inputs, env
 
-    def _plan(self, built, what, targets, env):
-        """The evaluator of `targets` from env's nodes, resolved on the first call."""
-        key = (id(built), what)
-        if key not in self.plans:
-            self.plans[key] = (built, evaluator(built.J, targets, env))  # built kept: id stays
-        return self.plans[key][1]
+    def _plan(self, mode, what, targets, env):
+        """The evaluator of `targets` from env's nodes in mode's graph, resolved on first use."""
+        if (mode, what) not in self.plans:
+            self.plans[mode, what] = evaluator(self.builds[mode].J, targets, env)
+        return self.plans[mode, what]
 
     def run(self, mode, params, xs, s0, d_sT=None, phase=None, keep_states=False,
             borrow=False, copy=True):
@@ -114,7 +114,7 @@ class _Layer:
         which only feeds y to the layer above: 6.5 MB per training step at (64, 512, 512, 50))."""
         built = self.builds[mode]
         rev = self.ld.reverse
-        inputs, env = self._inputs(built, params, xs[::-1] if rev else xs, s0)
+        inputs, env = self._inputs(mode, params, xs[::-1] if rev else xs, s0)
         if mode != "forward":    # a training forward phase: remember it for backward()
             for j, d in enumerate(d_sT):
                 inputs[f"d_sT_{j}"] = d
@@ -152,7 +152,8 @@ class _Layer:
         for cnid, gname in built.grads.items():
             env[cnid] = res[gname].reshape(ir.node(built.J, cnid).shape)
         keys = list(o["d_params"])
-        vals = self._plan(built, "d_params", [o["d_params"][k] for k in keys], env)(env)
+        vals = self._plan(self.mode_run, "d_params", [o["d_params"][k] for k in keys],
+                          env)(env)
         grads = {self.ld.names[k]: np.array(v) for k, v in zip(keys, vals)}
         return grads, None if dx is None else np.array(dx), d_s0
 
