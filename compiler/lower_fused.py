@@ -12,6 +12,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.emitter import LLVMEmitter, llvm_float, lower_op
+from compiler.llvmlib.vecmath import declare, prefetch
 from compiler.schedule import Copy, Fill, Fused, fused_domain, ref_window
 
 I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
@@ -71,8 +72,7 @@ class _Vec:
         self.tag = f"v{width}f{self.size * 8}"
 
     def _decl(self, name, ret, args):
-        return self.mod.globals.get(name) or ir.Function(self.mod, ir.FunctionType(ret, args),
-                                                         name=name)
+        return declare(self.mod, name, ret, args)
 
     def ptr(self, b, base, off):
         return b.gep(base, [off], inbounds=True, source_etype=self.fty)
@@ -149,13 +149,11 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
 
 
 def _prefetch_next_rows(b, k, info, bases, j):
-    pf = info[0][1]._decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
     for i, ((_, v, ld), full) in enumerate(zip(info, row_refs(k))):
-        if full:    # rw = 1 for outputs: their lines are about to be written. Past the last row
-            #         the address may leave the buffer (a prefetch never faults): no inbounds.
+        if full:    # outputs' lines are about to be written. Past the last row the address may
+            #         leave the buffer (a prefetch never faults): no inbounds.
             p = b.gep(bases[i], [b.add(j, ir.Constant(I64, PF_ROWS * ld))], source_etype=v.fty)
-            rw = int(i >= len(k.inputs))
-            b.call(pf, [p, ir.Constant(I32, rw), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            prefetch(b, p, write=i >= len(k.inputs))
 
 
 def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from compiler.llvmlib.vecmath import declare
+
 I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 BARRIER_BYTES = 128     # counter and generation on separate cache lines
 
@@ -49,9 +51,7 @@ def barrier_fn(mod: ir.Module) -> ir.Function:
     b.atomic_rmw("xchg", gen_p, b.add(gen, ir.Constant(I32, 1)), "release")
     b.branch(done)
     b.position_at_end(wait)
-    pause = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
-        mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
-    b.call(pause, [])
+    b.call(declare(mod, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
     now = b.load_atomic(gen_p, "acquire", 4, typ=I32)
     b.cbranch(b.icmp_unsigned("==", now, gen), wait, done)
     b.position_at_end(done)

@@ -24,7 +24,7 @@ import os
 
 from llvmlite import ir
 
-from compiler.llvmlib.vecmath import intrinsic
+from compiler.llvmlib.vecmath import declare, intrinsic
 
 I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
 GEMM_ARGS = ("A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc")
@@ -52,8 +52,7 @@ class _Kit:
         self.tag = f"v{self.w}f{64 if self.f64 else 32}"
 
     def decl(self, name, ret, args):
-        fn = self.mod.globals.get(name)
-        return fn or ir.Function(self.mod, ir.FunctionType(ret, args), name=name)
+        return declare(self.mod, name, ret, args)
 
     def gep(self, b, p, off):
         return b.gep(p, [off], inbounds=True, source_etype=self.fty)

@@ -12,9 +12,10 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       N rounded up to NR, so the chunk (k0, j0) of gg_gemm starts at dst + k0*Npad + j0*kc.
   gg_gemm_<tag>(A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed)
       K blocks x N chunks of NCB columns: the chunk is packed into `ws` (KC*NCB elements, 1 MB;
-      an A slice of MR*KC follows it) unless packed=1 (B is then a gg_prepack buffer with K blocks of KC_P; ldb/trans_b/ws
-      unused). Few rows (M <= MC, the per-step products): panels outer, rows inner, so each
-      KC_P x NR panel stays in L1 while every MR-row block streams past it. Many rows (the
+      an A slice of MR*KC follows it) unless packed=1 (B is then a gg_prepack buffer with K
+      blocks of KC_P; ldb/trans_b/ws unused). Few rows (M <= MC, the per-step products):
+      panels outer, rows inner, so each KC_P x NR panel stays in L1 while every MR-row block
+      streams past it. Many rows (the
       whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
       panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
       straight from A through its strides, except for A^T with many rows: there the MR x kc slice
@@ -30,6 +31,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop, _row_blocks as _blocks
+from compiler.llvmlib.vecmath import prefetch
 
 MR, NV, UNROLL = 6, 4, 4
 KC = 256           # K block of products packed on the fly (chunk KC x NCB = 1 MB, in L2)
@@ -114,22 +116,18 @@ def _microkernel(kit, mr):
 
     def unrolled(k, accs):
         if PF_B:
-            pf = kit.decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
             ahead = kit.gep(b, Bp, b.mul(b.add(k, _c(PF_B)), _c(nrv)))
             for line in range(UNROLL * nrv * kit.esize // 64):
-                b.call(pf, [kit.gep(b, ahead, _c(line * 64 // kit.esize)), ir.Constant(I32, 0),
-                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
+                prefetch(b, kit.gep(b, ahead, _c(line * 64 // kit.esize)), write=False)
         for u in range(UNROLL):
             accs = kstep(b.add(k, _c(u)) if u else k, accs)
         return accs
 
     if PF_C:    # the C tile is needed only in the epilogue: start fetching it now
-        pf = kit.decl("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
         for i in range(mr):
             crow = kit.gep(b, C, b.mul(_c(i), ldc))
             for v in range(NV):
-                b.call(pf, [kit.gep(b, crow, _c(v * w)), ir.Constant(I32, 1),
-                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
+                prefetch(b, kit.gep(b, crow, _c(v * w)), write=True)
     zero = ir.Constant(kit.vty, 0.0)
     kfull = b.mul(b.sdiv(kc, _c(UNROLL)), _c(UNROLL))
     accs = _loop(b, _c(0), kfull, _c(UNROLL), [zero] * (mr * NV), unrolled)
@@ -296,7 +294,7 @@ def _emit_gemm(kit, dtype):
                     _blocks(b, mc, MR, call)
                 _loop(b, _c(0), npan, _c(1), [], panel)
             few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))
-            b.cbranch(b.icmp_signed("<=", M, _c(MC)), few, many)
+            b.cbranch(few_rows, few, many)
             b.position_at_end(few)
             _loop(b, _c(0), M, _c(MC), [], mblock)
             b.branch(joined)

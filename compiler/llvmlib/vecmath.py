@@ -42,14 +42,21 @@ class _Ty:
         return ir.Constant(self.ity, int(v))
 
 
+def declare(mod: ir.Module, name: str, ret, args) -> ir.Function:
+    """The function `name` of mod, declared as ret(args) on first use."""
+    return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, list(args)), name=name)
+
+
 def intrinsic(b: ir.IRBuilder, name: str, ty, nargs: int = 1) -> ir.Function:
     """Declare llvm.<name>.<suffix> by full name (declare_intrinsic rejects vectors)."""
-    mod = b.module
-    full = f"llvm.{name}.{_Ty(ty).suffix}"
-    fn = mod.globals.get(full)
-    if fn is None:
-        fn = ir.Function(mod, ir.FunctionType(ty, [ty] * nargs), name=full)
-    return fn
+    return declare(b.module, f"llvm.{name}.{_Ty(ty).suffix}", ty, [ty] * nargs)
+
+
+def prefetch(b: ir.IRBuilder, p, write: bool):
+    """Prefetch the cache line at p into every cache level (a prefetch never faults)."""
+    i32 = ir.IntType(32)
+    fn = declare(b.module, "llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), i32, i32, i32])
+    b.call(fn, [p, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 def splat(ty, value):
