@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,6 +30,10 @@ CONFIGS = [(1, 32, 64, 100), (32, 64, 128, 100), (32, 256, 256, 100), (64, 512, 
            (16, 128, 1024, 50)]
 CELLS = ["rnn", "lstm", "gru"]
 BURST_MS = 30.0
+# PyTorch's OpenMP workers spin for several ms after each call before they sleep. Timed straight
+# after a torch burst, the two-thread compiled LSTM (32,64,128,100) took 27-28 ms against 21-22
+# ms alone or 10 ms later (it shared its two cores with the spinning worker).
+SETTLE_S = 0.05
 PEER_ORDER = ["compiled", "compiled-custom", "torch", "torch-loop", "jax", "tape"]
 
 
@@ -44,9 +49,34 @@ def pin(threads):
     os.sched_setaffinity(0, cpus[:threads])
 
 
+def round_robin(fns, inner, repeats, settle_s=None):
+    """Per-call ms and cores busy (CPU time / wall time) of each peer, `repeats` samples each.
+
+    Round-robin: one burst of each peer per round, so a slow phase of the VM hits every peer
+    alike instead of whichever happened to be running. A burst is inner[name] calls (as many as
+    fill ~BURST_MS: one call at the large sizes, so sub-millisecond steps are timed warm, as in
+    a training loop). The slow peers (seconds per step) take part in the first rounds only.
+    Before each burst the process sleeps `settle_s` (default SETTLE_S), so no peer is timed
+    while the previous one's idle thread pool still spins on the cores."""
+    settle_s = SETTLE_S if settle_s is None else settle_s
+    samples = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for rnd in range(repeats):
+        for name, fn in fns.items():
+            if name in ("tape", "torch-loop") and rnd >= max(3, repeats // 4):
+                continue
+            time.sleep(settle_s)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(inner[name]):
+                fn()
+            wall = time.perf_counter() - t0
+            samples[name].append(wall * 1e3 / inner[name])
+            cpu[name].append((time.process_time() - c0) / wall)
+    return samples, cpu
+
+
 def worker(threads, cells, configs, peers, repeats):
     pin(threads)      # before torch or jax start their thread pools
-    import time
     import statistics
     import peers as P
     from runtime.timing import auto_inner
@@ -71,24 +101,8 @@ def worker(threads, cells, configs, peers, repeats):
                           flush=True)
             for fn in fns.values():     # warm-up: JIT, caches, thread pools
                 fn(), fn()
-            # Round-robin: one burst of each peer per round, so a slow phase of the VM hits every
-            # peer alike instead of whichever happened to be running. A burst is as many calls
-            # as fill ~BURST_MS (one call at the large sizes), so sub-millisecond steps are
-            # timed warm, as in a training loop. The slow peers (seconds per step) take part
-            # in the first rounds only.
             inner = {name: auto_inner(fn, BURST_MS) for name, fn in fns.items()}
-            samples = {name: [] for name in fns}
-            cpu = {name: [] for name in fns}     # CPU time / wall time: cores a peer kept busy
-            for rnd in range(repeats):
-                for name, fn in fns.items():
-                    if name in ("tape", "torch-loop") and rnd >= max(3, repeats // 4):
-                        continue
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    for _ in range(inner[name]):
-                        fn()
-                    wall = time.perf_counter() - t0
-                    samples[name].append(wall * 1e3 / inner[name])
-                    cpu[name].append((time.process_time() - c0) / wall)
+            samples, cpu = round_robin(fns, inner, repeats)
             for name, ms in samples.items():
                 print(json.dumps({"cell": cell, "cfg": cfg, "peer": name,
                                   "ms": statistics.median(ms),

@@ -59,3 +59,26 @@ def test_report_replaces_the_table_and_keeps_the_notes(tmp_path):
     assert text.endswith("## Notes\n\nhand-written reading\n")
     assert "**130.0 GFLOP/s per core**" in text and "`python y.py`" in text
     assert not os.path.exists(path + ".tmp")
+
+
+def test_round_robin_lets_each_peer_start_on_quiet_cores():
+    import time
+    log = []
+
+    def peer(name):
+        def call():
+            log.append((name, time.perf_counter()))
+            time.sleep(0.001)
+            log.append((name, time.perf_counter()))
+        return call
+    fns = {n: peer(n) for n in ("compiled", "torch", "tape")}
+    samples, cpu = bench_bptt.round_robin(fns, {"compiled": 2, "torch": 1, "tape": 1}, repeats=4,
+                                          settle_s=0.02)
+    # bursts alternate peer by peer; the tape drops out after its rounds (max(3, repeats // 4))
+    bursts = [log[0][0]] + [b[0] for a, b in zip(log, log[1:]) if a[0] != b[0]]
+    assert bursts == ["compiled", "torch", "tape"] * 3 + ["compiled", "torch"]
+    assert [len(samples[n]) for n in fns] == [4, 4, 3]
+    # from one peer's last return to the next peer's first call: at least the settle time
+    gaps = [b[1] - a[1] for a, b in zip(log, log[1:]) if a[0] != b[0]]
+    assert min(gaps) >= 0.02
+    assert all(ms >= 1.0 for v in samples.values() for ms in v)   # per call, not per burst
