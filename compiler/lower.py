@@ -38,8 +38,8 @@ from llvmlite import ir
 from compiler.llvmlib import gemm as gemmlib
 from compiler.llvmlib import pgemm
 from compiler import lower_threads as mt
-from compiler.lower_fused import (I64, PTR, as_fused, counted_loop, emit_fused, kernel_refs,
-                                  row_refs)
+from compiler.llvmlib.vecops import I64, PTR, loop
+from compiler.lower_fused import as_fused, emit_fused, kernel_refs, row_refs
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
 from compiler.schedule import kernel_refs as sched_refs
@@ -125,9 +125,9 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
                 for t in (reversed(range(T)) if rev else range(T)):
                     stage(s, ir.Constant(I64, t))
             else:
-                counted_loop(b, ir.Constant(I64, 0), nT, 1,
-                             lambda i, s=s, rev=rev, b=b, nT=nT: stage(
-                                 s, b.sub(b.sub(nT, ir.Constant(I64, 1)), i) if rev else i))
+                loop(b, ir.Constant(I64, 0), nT, 1,
+                     lambda i, _, s=s, rev=rev, b=b, nT=nT: stage(
+                         s, b.sub(b.sub(nT, ir.Constant(I64, 1)), i) if rev else i))
         if "post" in wanted:
             stage("post", None)
         b.ret_void()

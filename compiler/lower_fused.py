@@ -12,10 +12,10 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.emitter import LLVMEmitter, llvm_float, lower_op
-from compiler.llvmlib.vecmath import declare, prefetch
+from compiler.llvmlib.vecmath import prefetch
+from compiler.llvmlib.vecops import I1, I64, PTR, VecOps, loop
 from compiler.schedule import Copy, Fill, Fused, fused_domain, ref_window
 
-I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
 # Each kernel row prefetches the same columns of the next row of every full input and output.
 # The saved per-step windows were written long ago (out of L2) and the rows of a gate window sit a
 # whole (B, 4H) row apart, which the hardware prefetchers follow late: measured 8-14% off the LSTM
@@ -46,56 +46,6 @@ def row_refs(k: Fused) -> list:
             [False] * len(k.colsums))
 
 
-def counted_loop(b: ir.IRBuilder, start, stop, step, body):
-    """for (i = start; i < stop; i += step) body(i); leaves b after the loop."""
-    fn, pre = b.function, b.block
-    head, blk, done = (fn.append_basic_block(n) for n in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), blk, done)
-    b.position_at_end(blk)
-    body(i)
-    i.add_incoming(b.add(i, ir.Constant(I64, step)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
-
-class _Vec:
-    """Masked/unmasked vector loads and stores of one element type."""
-
-    def __init__(self, module, fty, width):
-        self.mod, self.fty, self.w = module, fty, width
-        self.vty = ir.VectorType(fty, width)
-        self.size = 8 if fty == ir.DoubleType() else 4
-        self.tag = f"v{width}f{self.size * 8}"
-
-    def _decl(self, name, ret, args):
-        return declare(self.mod, name, ret, args)
-
-    def ptr(self, b, base, off):
-        return b.gep(base, [off], inbounds=True, source_etype=self.fty)
-
-    def load(self, b, p, mask):
-        if mask is None:
-            return b.load(p, typ=self.vty, align=self.size)
-        f = self._decl(f"llvm.masked.load.{self.tag}.p0", self.vty,
-                       [PTR, I32, mask.type, self.vty])
-        return b.call(f, [p, ir.Constant(I32, self.size), mask, ir.Constant(self.vty, 0.0)])
-
-    def store(self, b, v, p, mask):
-        if mask is None:
-            return b.store(v, p, align=self.size)
-        f = self._decl(f"llvm.masked.store.{self.tag}.p0", ir.VoidType(),
-                       [self.vty, PTR, I32, mask.type])
-        return b.call(f, [v, p, ir.Constant(I32, self.size), mask])
-
-    def splat(self, b, s):
-        v = b.insert_element(ir.Constant(self.vty, None), s, ir.Constant(I32, 0))
-        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
-
-
 def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> ir.Function:
     k = as_fused(k)
     refs = kernel_refs(k)
@@ -103,7 +53,7 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
     prefetch = PF_ROWS > 0 and (rows > 1 or per_t)
     dts = {prog.buffers[r.buf].dtype for r in refs}
     width = 8 if "float64" in dts else 16
-    vec = {dt: _Vec(module, llvm_float(dt), width) for dt in dts}
+    vec = {dt: VecOps(module, llvm_float(dt), width) for dt in dts}
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(refs) + [I64]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")   # one call per kernel and step: keeps `run` small
@@ -124,8 +74,8 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
         if nfull == 1:
             body(ir.Constant(I64, 0), None)
         elif nfull > 1:
-            counted_loop(b, ir.Constant(I64, 0), ir.Constant(I64, nfull * width), width,
-                         lambda j: body(j, None))
+            loop(b, ir.Constant(I64, 0), ir.Constant(I64, nfull * width), width,
+                 lambda j, _: body(j, None))
         if tail:
             body(ir.Constant(I64, nfull * width), tail_mask)
 
@@ -133,17 +83,17 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
     for (_, r, acc), a in zip(k.colsums, cs_args):
         if not acc:
             v = vec[prog.buffers[r.buf].dtype]
-            columns(lambda j, m, a=a, v=v: v.store(b, ir.Constant(v.vty, 0.0), v.ptr(b, a, j), m))
+            columns(lambda j, m, a=a, v=v: v.vstore(b, ir.Constant(v.vty, 0.0), v.gep(b, a, j), m))
 
     per_row = row_refs(k)
 
     def row(r):
         bases = []
         for (ref, v, ld), a, full in zip(info, fn.args, per_row):
-            bases.append(v.ptr(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
+            bases.append(v.gep(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
         columns(lambda j, m: _body(b, k, info, bases, width, j, m, outline, prefetch))
 
-    counted_loop(b, ir.Constant(I64, 0), nrows, 1, row)
+    loop(b, ir.Constant(I64, 0), nrows, 1, lambda r, _: row(r))
     b.ret_void()
     return fn
 
@@ -166,7 +116,7 @@ def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False):
         if bc == "scalar":
             env[f"in{i}"] = v.splat(b, b.load(bases[i], typ=v.fty))
         else:
-            env[f"in{i}"] = v.load(b, v.ptr(b, bases[i], j), mask)
+            env[f"in{i}"] = v.vload(b, v.gep(b, bases[i], j), mask)
     default_dt = next(iter(info))[1].fty
     for dst, op, args, attrs in k.body:
         like = next((env[a] for a in args if isinstance(a, str)), None)
@@ -180,8 +130,8 @@ def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False):
         val = ir.Constant(v.vty, name) if isinstance(name, float) else env[name]
         if val.type != v.vty:
             raise TypeError(f"Fused {k.name}: local {name} is {val.type}, output {ref} is {v.vty}")
-        v.store(b, val, v.ptr(b, bases[n_in + o], j), mask)
+        v.vstore(b, val, v.gep(b, bases[n_in + o], j), mask)
     for c, (name, ref, _) in enumerate(k.colsums):
         v = info[n_in + n_out + c][1]
-        p = v.ptr(b, bases[n_in + n_out + c], j)
-        v.store(b, b.fadd(v.load(b, p, mask), env[name]), p, mask)
+        p = v.gep(b, bases[n_in + n_out + c], j)
+        v.vstore(b, b.fadd(v.vload(b, p, mask), env[name]), p, mask)

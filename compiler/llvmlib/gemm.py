@@ -24,9 +24,8 @@ import os
 
 from llvmlite import ir
 
-from compiler.llvmlib.vecmath import declare, intrinsic
+from compiler.llvmlib.vecops import I32, I64, PTR, VecOps, loop
 
-I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
 GEMM_ARGS = ("A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc")
 
 
@@ -39,81 +38,12 @@ def _c(v):
     return ir.Constant(I64, v)
 
 
-class _Kit:
-    """Per-dtype types and small emit helpers shared by the micro-kernels."""
+class _Kit(VecOps):
+    """The GEMM kernels' vectors: one zmm register of dtype (16 float32 or 8 float64 lanes)."""
 
     def __init__(self, module, dtype):
-        self.mod = module
-        self.f64 = dtype == "float64"
-        self.fty = ir.DoubleType() if self.f64 else ir.FloatType()
-        self.w = 8 if self.f64 else 16
-        self.vty = ir.VectorType(self.fty, self.w)
-        self.esize = 8 if self.f64 else 4
-        self.tag = f"v{self.w}f{64 if self.f64 else 32}"
-
-    def decl(self, name, ret, args):
-        return declare(self.mod, name, ret, args)
-
-    def gep(self, b, p, off):
-        return b.gep(p, [off], inbounds=True, source_etype=self.fty)
-
-    def mask(self, b, nrem):
-        iota = ir.Constant(ir.VectorType(I64, self.w), list(range(self.w)))
-        v = b.insert_element(ir.Constant(ir.VectorType(I64, self.w), None), nrem,
-                             ir.Constant(I32, 0))
-        v = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
-        return b.icmp_signed("<", iota, v)
-
-    def vload(self, b, p, mask=None):
-        if mask is None:
-            return b.load(p, typ=self.vty, align=self.esize)
-        mty = ir.VectorType(I1, self.w)
-        f = self.decl(f"llvm.masked.load.{self.tag}.p0", self.vty, [PTR, I32, mty, self.vty])
-        return b.call(f, [p, ir.Constant(I32, self.esize), mask, ir.Constant(self.vty, 0.0)])
-
-    def vstore(self, b, v, p, mask=None):
-        if mask is None:
-            return b.store(v, p, align=self.esize)
-        mty = ir.VectorType(I1, self.w)
-        f = self.decl(f"llvm.masked.store.{self.tag}.p0", ir.VoidType(),
-                      [self.vty, PTR, I32, mty])
-        return b.call(f, [v, p, ir.Constant(I32, self.esize), mask])
-
-    def splat(self, b, s):
-        v = b.insert_element(ir.Constant(self.vty, None), s, ir.Constant(I32, 0))
-        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, self.w), [0] * self.w))
-
-    def fma(self, b, x, y, z):
-        return b.call(intrinsic(b, "fma", self.vty, 3), [x, y, z])
-
-    def hsum(self, b, v):
-        f = self.decl(f"llvm.vector.reduce.fadd.{self.tag}", self.fty, [self.fty, self.vty])
-        return b.call(f, [ir.Constant(self.fty, -0.0), v], fastmath=("reassoc",))
-
-
-def _loop(b, start, stop, step, carried, body):
-    """Counted loop with loop-carried SSA values; returns their final values."""
-    fn = b.function
-    pre = b.block
-    head, blk, done = (fn.append_basic_block() for _ in range(3))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(start, pre)
-    phis = []
-    for v in carried:
-        p = b.phi(v.type)
-        p.add_incoming(v, pre)
-        phis.append(p)
-    b.cbranch(b.icmp_signed("<", i, stop), blk, done)
-    b.position_at_end(blk)
-    new = body(i, phis) or []
-    i.add_incoming(b.add(i, step), b.block)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return phis
+        f64 = dtype == "float64"
+        super().__init__(module, ir.DoubleType() if f64 else ir.FloatType(), 8 if f64 else 16)
 
 
 def _new_fn(kit, name, nargs):
@@ -153,7 +83,7 @@ def _mk_rowvec(kit, mr, nv, masked, accumulate):
             out += [kit.fma(b, av, bv[v], accs[i * nv + v]) for v in range(nv)]
         return out
 
-    accs = _loop(b, _c(0), K, _c(1), [zero] * (mr * nv), body)
+    accs = loop(b, _c(0), K, _c(1), body, [zero] * (mr * nv))
     for i in range(mr):
         crow = kit.gep(b, C, b.mul(_c(i), ldc))
         for v in range(nv):
@@ -180,7 +110,7 @@ def _mk_dot(kit, mr, nr, accumulate):
         bv = [kit.vload(b, kit.gep(b, r, k), mask) for r in brows]
         return [kit.fma(b, av[i], bv[j], accs[i * nr + j]) for i in range(mr) for j in range(nr)]
 
-    accs = _loop(b, _c(0), kfull, _c(kit.w), [zero] * (mr * nr), step)
+    accs = loop(b, _c(0), kfull, _c(kit.w), step, [zero] * (mr * nr))
     # The K tail is one masked step; with an all-false mask it reads nothing.
     accs = step(kfull, accs, kit.mask(b, b.sub(K, kfull)))
     for i in range(mr):
@@ -197,7 +127,7 @@ def _mk_dot(kit, mr, nr, accumulate):
 def _row_blocks(b, M, mr_max, call):
     """call(i0, mr) over row blocks of mr_max, then one call for the remainder."""
     mfull = b.mul(b.sdiv(M, _c(mr_max)), _c(mr_max))
-    _loop(b, _c(0), mfull, _c(mr_max), [], lambda i, _: call(i, mr_max))
+    loop(b, _c(0), mfull, _c(mr_max), lambda i, _: call(i, mr_max))
     if mr_max == 1:
         return
     fn = b.function
@@ -254,9 +184,9 @@ def _emit_nn(kit, b, args, sai, sak, accumulate, mr_max, nv):
 
     nr = nv * w
     nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
-    _loop(b, _c(0), nfull, _c(nr), [], lambda j, _: cols(j, nv, False, _c(w), mr_max))
+    loop(b, _c(0), nfull, _c(nr), lambda j, _: cols(j, nv, False, _c(w), mr_max))
     n1 = b.add(nfull, b.mul(b.sdiv(b.sub(N, nfull), _c(w)), _c(w)))
-    _loop(b, nfull, n1, _c(w), [], lambda j, _: cols(j, 1, False, _c(w), mr_max))
+    loop(b, nfull, n1, _c(w), lambda j, _: cols(j, 1, False, _c(w), mr_max))
     fn = b.function
     tail, done = fn.append_basic_block(), fn.append_basic_block()
     b.cbranch(b.icmp_signed("<", n1, N), tail, done)
@@ -277,8 +207,8 @@ def _emit_nt(kit, b, args, accumulate, mr_max=4, nr_max=4):
             b.call(mk, [kit.gep(b, A, b.mul(i0, lda)), kit.gep(b, Bt, b.mul(j0, ldb)),
                         kit.gep(b, C, b.add(b.mul(i0, ldc), j0)), K, lda, ldb, ldc])
         nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
-        _loop(b, _c(0), nfull, _c(nr), [], lambda j, _: call(j, nr))
-        _loop(b, nfull, N, _c(1), [], lambda j, _: call(j, 1))
+        loop(b, _c(0), nfull, _c(nr), lambda j, _: call(j, nr))
+        loop(b, nfull, N, _c(1), lambda j, _: call(j, 1))
 
     _row_blocks(b, M, mr_max, row_block)
 

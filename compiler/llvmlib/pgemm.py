@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from compiler.llvmlib.gemm import I32, I64, PTR, _c, _Kit, _loop, _row_blocks as _blocks
+from compiler.llvmlib.gemm import _c, _Kit, _row_blocks as _blocks
+from compiler.llvmlib.vecops import I32, I64, PTR, loop
 from compiler.llvmlib.vecmath import prefetch
 
 MR, NV, UNROLL = 6, 4, 4
@@ -130,8 +131,8 @@ def _microkernel(kit, mr):
                 prefetch(b, kit.gep(b, crow, _c(v * w)), write=True)
     zero = ir.Constant(kit.vty, 0.0)
     kfull = b.mul(b.sdiv(kc, _c(UNROLL)), _c(UNROLL))
-    accs = _loop(b, _c(0), kfull, _c(UNROLL), [zero] * (mr * NV), unrolled)
-    accs = _loop(b, kfull, kc, _c(1), accs, kstep)
+    accs = loop(b, _c(0), kfull, _c(UNROLL), unrolled, [zero] * (mr * NV))
+    accs = loop(b, kfull, kc, _c(1), kstep, accs)
     masks = _masks(kit, b, nrem)
     add_blk, set_blk = fn.append_basic_block("acc"), fn.append_basic_block("set")
     b.cbranch(b.icmp_signed("!=", acc, _c(0)), add_blk, set_blk)
@@ -178,8 +179,8 @@ def _emit_pack(kit):
             for v in range(NV):
                 kit.vstore(b, kit.vload(b, kit.gep(b, src, _c(v * w)), masks[v]),
                            kit.gep(b, d, _c(v * w)))
-        _loop(b, _c(0), kc, _c(1), [], row)
-    _loop(b, _c(0), npan, _c(1), [], nn_panel)
+        loop(b, _c(0), kc, _c(1), row)
+    loop(b, _c(0), npan, _c(1), nn_panel)
     b.branch(done)
 
     b.position_at_end(nt_blk)   # B stored N x K: B[k, j] = Bt[j*ldb + k]
@@ -194,8 +195,8 @@ def _emit_pack(kit):
             x = b.load(kit.gep(b, src, k), typ=kit.fty)
             b.store(b.select(inside, x, ir.Constant(kit.fty, 0.0)),
                     kit.gep(b, dp, b.mul(k, _c(nrv))))
-        _loop(b, _c(0), kc, _c(1), [], elem)
-    _loop(b, _c(0), b.mul(npan, _c(nrv)), _c(1), [], nt_col)
+        loop(b, _c(0), kc, _c(1), elem)
+    loop(b, _c(0), b.mul(npan, _c(nrv)), _c(1), nt_col)
     b.branch(done)
     b.position_at_end(done)
     b.ret_void()
@@ -214,7 +215,7 @@ def _emit_prepack(kit):
         kc = b.select(b.icmp_signed("<", _c(KC_P), b.sub(K, k0)), _c(KC_P), b.sub(K, k0))
         src = b.select(b.icmp_signed("!=", trans_b, _c(0)), k0, b.mul(k0, ldb))
         b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, N, kit.gep(b, dst, b.mul(k0, npad))])
-    _loop(b, _c(0), K, _c(KC_P), [], kblock)
+    loop(b, _c(0), K, _c(KC_P), kblock)
     b.ret_void()
     return fn
 
@@ -266,7 +267,7 @@ def _emit_gemm(kit, dtype):
                                 x = b.load(kit.gep(b, ai, b.add(b.mul(k, sak), _c(i))),
                                            typ=kit.fty)
                                 b.store(x, kit.gep(b, apk, b.add(b.mul(k, _c(mr)), _c(i))))
-                        _loop(b, _c(0), kc, _c(1), [], kstep)
+                        loop(b, _c(0), kc, _c(1), kstep)
                     a_, sai_ = b.select(pack_a, apk, ai), b.select(pack_a, _c(1), sai)
                     sak_ = b.select(pack_a, _c(mr), sak)
 
@@ -275,7 +276,7 @@ def _emit_gemm(kit, dtype):
                         b.call(_microkernel(kit, mr), [a_, kit.gep(b, bp, b.mul(jp, kc)),
                                                        kit.gep(b, ci, jp), sai_, sak_, ldc, kc,
                                                        b.sub(nc, jp), accf])
-                    _loop(b, _c(0), npan, _c(1), [], panel)
+                    loop(b, _c(0), npan, _c(1), panel)
                 _blocks(b, M, MR, rows)
 
             def mblock(i0, _):
@@ -292,18 +293,18 @@ def _emit_gemm(kit, dtype):
                             kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))),
                             sai, sak, ldc, kc, nrem, accf])
                     _blocks(b, mc, MR, call)
-                _loop(b, _c(0), npan, _c(1), [], panel)
+                loop(b, _c(0), npan, _c(1), panel)
             few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))
             b.cbranch(few_rows, few, many)
             b.position_at_end(few)
-            _loop(b, _c(0), M, _c(MC), [], mblock)
+            loop(b, _c(0), M, _c(MC), mblock)
             b.branch(joined)
             b.position_at_end(many)
             rows_order()
             b.branch(joined)
             b.position_at_end(joined)
-        _loop(b, _c(0), N, _c(chunk), [], chunk_)
-    _loop(b, _c(0), K, kcmax, [], kblock)
+        loop(b, _c(0), N, _c(chunk), chunk_)
+    loop(b, _c(0), K, kcmax, kblock)
     b.ret_void()
     return fn
 
