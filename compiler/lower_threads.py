@@ -20,8 +20,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.llvmlib.vecmath import declare
-
-I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
+from compiler.llvmlib.vecops import I32, I64, PTR, smin
 BARRIER_BYTES = 128     # counter and generation on separate cache lines
 
 
@@ -57,10 +56,6 @@ def barrier_fn(mod: ir.Module) -> ir.Function:
     b.position_at_end(done)
     b.ret_void()
     return fn
-
-
-def smin(b, x, y):
-    return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def column_range(b, n, tid, unit):

@@ -31,7 +31,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.llvmlib.gemm import _c, _Kit, _row_blocks as _blocks
-from compiler.llvmlib.vecops import I32, I64, PTR, loop
+from compiler.llvmlib.vecops import I32, I64, PTR, loop, smin
 from compiler.llvmlib.vecmath import prefetch
 
 MR, NV, UNROLL = 6, 4, 4
@@ -212,7 +212,7 @@ def _emit_prepack(kit):
     pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
 
     def kblock(k0, _):
-        kc = b.select(b.icmp_signed("<", _c(KC_P), b.sub(K, k0)), _c(KC_P), b.sub(K, k0))
+        kc = smin(b, _c(KC_P), b.sub(K, k0))
         src = b.select(b.icmp_signed("!=", trans_b, _c(0)), k0, b.mul(k0, ldb))
         b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, N, kit.gep(b, dst, b.mul(k0, npad))])
     loop(b, _c(0), K, _c(KC_P), kblock)
@@ -227,7 +227,6 @@ def _emit_gemm(kit, dtype):
     pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
     npad = b.mul(b.sdiv(b.add(N, _c(nrv - 1)), _c(nrv)), _c(nrv))
     is_packed = b.icmp_signed("!=", packed, _c(0))
-    smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)  # noqa: E731
 
     few_rows = b.icmp_signed("<=", M, _c(MC))
     kc_many = b.select(b.icmp_signed("==", sak, _c(1)), _c(KC), _c(KC_T))
@@ -240,12 +239,12 @@ def _emit_gemm(kit, dtype):
     kcmax = b.select(b.or_(is_packed, few_rows), _c(KC_P), kc_many)   # few rows: L1 panels
 
     def kblock(k0, _):
-        kc = smin(kcmax, b.sub(K, k0))
+        kc = smin(b, kcmax, b.sub(K, k0))
         accf = b.select(b.icmp_signed(">", k0, _c(0)), _c(1), acc)
         a0 = kit.gep(b, A, b.mul(k0, sak))
 
         def chunk_(j0, _):
-            nc = smin(_c(chunk), b.sub(N, j0))
+            nc = smin(b, _c(chunk), b.sub(N, j0))
             src = b.select(b.icmp_signed("!=", trans_b, _c(0)), b.add(b.mul(j0, ldb), k0),
                            b.add(b.mul(k0, ldb), j0))
             do_pack, after = fn.append_basic_block("pack"), fn.append_basic_block("packed")
@@ -280,7 +279,7 @@ def _emit_gemm(kit, dtype):
                 _blocks(b, M, MR, rows)
 
             def mblock(i0, _):
-                mc = smin(_c(MC), b.sub(M, i0))
+                mc = smin(b, _c(MC), b.sub(M, i0))
 
                 def panel(p, _):      # this kc x NR panel stays in L1 for the mc rows
                     jp = b.mul(p, _c(nrv))

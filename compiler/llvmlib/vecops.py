@@ -67,6 +67,11 @@ class VecOps:
         return b.call(f, [ir.Constant(self.fty, -0.0), v], fastmath=("reassoc",))
 
 
+def smin(b: ir.IRBuilder, x, y):
+    """min(x, y) of two i64 values (signed)."""
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
 def loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
     """for (i = start; i < stop; i += step): carried = body(i, carried).
 
