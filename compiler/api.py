@@ -164,11 +164,13 @@ class CompiledProgram(ReferenceProgram):
     shapes or dtypes raise before any native code runs."""
 
     def __init__(self, model, seq_len, batch, dtype=None, *, input_size=None, state=None,
-                 threads=1, unroll=False, backend="native", opt=3, keep_dumps=False):
+                 threads=1, split="auto", unroll=False, backend="native", opt=3,
+                 keep_dumps=False):
         t0 = time.perf_counter()
         super().__init__(model, seq_len, batch, dtype, input_size=input_size, state=state)
         self.dumps = {} if keep_dumps else None
-        self.options = {"threads": threads, "unroll": unroll, "backend": backend, "opt": opt}
+        self.options = {"threads": threads, "split": split, "unroll": unroll,
+                        "backend": backend, "opt": opt}
         self.options["make_runner"] = self._runner_factory()
         self.compiled = [[_Layer(ld, self.B, self.T, self.options, self.dumps) for ld in row]
                          for row in self.layers]
@@ -194,7 +196,8 @@ class CompiledProgram(ReferenceProgram):
 
         def make(prog, T):
             native = NativeProgram(prog, unroll=opts["unroll"], T=T if opts["unroll"] else None,
-                                   opt=opts["opt"], threads=opts["threads"])
+                                   opt=opts["opt"], threads=opts["threads"],
+                                   split=opts["split"])
             # every buffer a schedule reads is an input or written first: no zeroing needed
             return (lambda inputs, T, phase=None, borrow=False: native.run(
                 T, inputs, zero=False, phase=phase, borrow=borrow)), native
@@ -349,7 +352,8 @@ def compile(model, seq_len, batch, **options):
     A graphgrad RNN/LSTM/GRU or Recurrent gives a CompiledProgram (forward, vjp); a task model
     with a head and loss (LanguageModel, SequenceClassifier, SequenceRegressor) gives a
     TrainingProgram with value_and_grad(xs, targets, state0) as well. Options: dtype,
-    input_size= and state= (custom Recurrent), threads=1|2, unroll=False,
+    input_size= and state= (custom Recurrent), threads=1|2, split="auto"|"cols"|"batch"|
+    "pipeline" (how two threads share the work; see runtime/program.py), unroll=False,
     backend="native"|"numpy", opt=3."""
     if hasattr(model, "head_loss") and hasattr(model, "rnn"):
         from .training import TrainingProgram

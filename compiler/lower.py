@@ -31,14 +31,15 @@ Without the library, "auto" keeps the old rule: BLAS for pre/post and for per-st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
 from compiler.llvmlib import gemm as gemmlib
 from compiler.llvmlib import pgemm
 from compiler import lower_threads as mt
-from compiler.llvmlib.vecops import I64, PTR, loop
+from compiler import pipeline as pipe_plan
+from compiler.llvmlib.vecops import I64, PTR, loop, smin
 from compiler.lower_fused import as_fused, emit_fused, kernel_refs, row_refs
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
@@ -56,19 +57,25 @@ class Lowered:
     workspace: int = 0          # bytes of the trailing ws argument (packed weights, scratch)
     phases: list = None         # [forward entry, backward entry]: `run` split in two calls
     threads: int = 1            # 2: every entry takes a trailing i64 thread id (0 or 1)
+    split: str = "cols"         # threads=2: "cols" (both threads on every kernel) or
+    #                             "pipeline" (compiler/pipeline.py)
 
 
 BLAS_SYMBOLS = {"float32": "gg_cblas_sgemm", "float64": "gg_cblas_dgemm"}
 GEMM_MODES = ("auto", "llvm", "blas")
 BLAS_MIN_FMAS = 1 << 23
+SPLITS = ("cols", "pipeline")
 
 
 def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: str = "auto",
-          entry: str = "run", library: bool = True, threads: int = 1) -> Lowered:
+          entry: str = "run", library: bool = True, threads: int = 1,
+          split: str = "cols") -> Lowered:
     """Build the module text; unroll=True needs T and makes `run` valid for that T only.
 
     threads=2 emits cooperative entries `run(T, buffers..., ws, tid)` that two threads call at
-    once with tid 0 and 1 on the same buffers (see compiler/lower_threads.py)."""
+    once with tid 0 and 1 on the same buffers: split="cols" shares every kernel (see
+    compiler/lower_threads.py), split="pipeline" runs the loops on thread 0 while thread 1
+    streams the hoisted products beside them (compiler/pipeline.py)."""
     validate(prog)
     if gemm not in GEMM_MODES:
         raise ValueError(f"lower: gemm must be one of {GEMM_MODES}, got {gemm!r}")
@@ -79,6 +86,13 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
                          "gemm='auto' or 'llvm')")
     if unroll and (T is None or T < 1):
         raise ValueError("lower: unroll=True needs the sequence length T >= 1")
+    if split not in SPLITS:
+        raise ValueError(f"lower: split must be one of {SPLITS}, got {split!r}")
+    plan = None
+    if threads == 2 and split == "pipeline":
+        if unroll:
+            raise ValueError("lower: split='pipeline' runs the loops as loops (unroll=False)")
+        plan = pipe_plan.plan(prog)
     mod = ir.Module(name=f"graphgrad_{entry}")
     names = list(prog.buffers)
     fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) + 1) + [I64] * (threads - 1))
@@ -100,7 +114,7 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
             f.args[-1].name = "tid"
     fn = fns[entry]
     cg = _Codegen(mod, prog, dict(zip(names, fn.args[1:])), gemm, library,
-                  fn.args[len(names) + 1], threads)
+                  fn.args[len(names) + 1], threads, plan)
     stages = {s: [cg.kernel_fn(k, f"{s}_{i}", s) for i, k in enumerate(getattr(prog, s))]
               for s in STAGES}
     for name, wanted in phases.items():
@@ -115,6 +129,10 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
             for k, kf in zip(getattr(prog, s), stages[s]):
                 cg.call(b, k, kf, t)
 
+        if plan is not None:
+            cg.pipeline_phases(b, wanted, stages)
+            b.ret_void()
+            continue
         if "pre" in wanted:
             stage("pre", None)
             cg.prepack(b)
@@ -135,19 +153,25 @@ def lower(prog: Program, *, unroll: bool = False, T: int | None = None, gemm: st
                                 if f.is_declaration and f.name.startswith("gg_")}
     return Lowered(str(mod), entry, names, T if unroll else None,
                    sum(len(getattr(prog, s)) for s in STAGES), sorted(externals), cg.ws_bytes,
-                   [f"{entry}_fwd", f"{entry}_bwd"], threads)
+                   [f"{entry}_fwd", f"{entry}_bwd"], threads,
+                   "pipeline" if plan is not None else "cols")
 
 
 class _Codegen:
-    def __init__(self, mod, prog, args, gemm, library=True, ws=None, threads=1):
+    def __init__(self, mod, prog, args, gemm, library=True, ws=None, threads=1, plan=None):
         self.mod, self.prog, self.args, self.gemm = mod, prog, args, gemm
         self.library, self.ws = library, ws
         self.threads, self.tid = threads, None
+        self.plan = plan
+        self.solo = False       # pipeline: the current kernels run on one thread, unsplit
+        self.chunk = None       # pipeline stream: (first step, steps, is-first-chunk i1)
         self.T = None
         self.externals = set()
         self.ws_bytes = 0
         if threads == 2:
             self.barrier_off = self.alloc(mt.BARRIER_BYTES)     # offset 0: the runtime zeroes it
+        if plan is not None:    # the stream's progress counters, zero between calls
+            self.progress_off = self.alloc(mt.BARRIER_BYTES)
         self.scratch = {}       # dtype -> ws offsets of the gemm packing scratch, per thread
         self.packed = {}        # (buf, col, cols, trans_b) -> (ws offsets of its packed copy
         #                         (each thread's column half when threads=2), a Gemm using it)
@@ -177,14 +201,14 @@ class _Codegen:
 
     def mine(self, b, offs):
         """This thread's workspace region among per-thread offsets."""
-        if self.threads == 1:
+        if self.threads == 1 or len(offs) == 1:
             return self.ws_ptr(b, offs[0])
         return b.select(b.icmp_signed("==", self.tid, ir.Constant(I64, 0)),
                         self.ws_ptr(b, offs[0]), self.ws_ptr(b, offs[1]))
 
     def col_share(self, b, n, dtype):
         """(first column, count) of this thread's share of a product's n columns."""
-        if self.threads == 1:
+        if self.threads == 1 or self.solo:
             return ir.Constant(I64, 0), n
         return mt.column_range(b, n, self.tid, pgemm.nr(dtype))
 
@@ -206,7 +230,7 @@ class _Codegen:
         return b.gep(p, [n], inbounds=True, source_etype=llvm_float(dtype))
 
     def barrier(self, b):
-        if self.threads == 2:
+        if self.threads == 2 and not self.solo:
             b.call(mt.barrier_fn(self.mod), [self.ws_ptr(b, self.barrier_off)])
 
     def use_blas(self, k, stage):
@@ -235,11 +259,12 @@ class _Codegen:
                 key = self._pack_key(k)
                 if key not in self.packed:
                     K, N = self._kn(k)
-                    if self.threads == 2:   # a column half, rounded up to whole panels
+                    copies = 1 if self.plan is not None else self.threads
+                    if copies == 2:   # a column half, rounded up to whole panels
                         N = -(-N // (2 * pgemm.nr(dtype))) * pgemm.nr(dtype)
                     self.packed[key] = (
                         [self.alloc(pgemm.packed_elems(dtype, K, N) * esize)
-                         for _ in range(self.threads)], k)
+                         for _ in range(copies)], k)
             elif dtype not in self.scratch:
                 self.scratch[dtype] = [self.alloc(pgemm.workspace_elems(dtype) * esize)
                                        for _ in range(self.threads)]
@@ -257,7 +282,8 @@ class _Codegen:
 
     def rows(self, b, ref):
         rows, per_t, _, _, _ = ref_window(self.prog, ref)
-        return b.mul(self.T, ir.Constant(I64, rows)) if per_t else ir.Constant(I64, rows)
+        steps = self.chunk[1] if self.chunk else self.T
+        return b.mul(steps, ir.Constant(I64, rows)) if per_t else ir.Constant(I64, rows)
 
     def ptr(self, b, ref, t):
         """Address of the window's first element for loop index t (an i64 value or None)."""
@@ -272,6 +298,8 @@ class _Codegen:
             slot = self.T if buf.steps == "T+1" else b.sub(self.T, c(1))
         else:
             slot = b.add(t, c(ref.t)) if ref.t else t
+        if self.chunk and ref.t in ("all", "all+1"):
+            slot = b.add(slot, self.chunk[0])
         r, cols = mat_shape(buf)
         off = b.add(b.mul(slot, c(r * cols)), c(col))
         return b.gep(self.args[ref.buf], [off], inbounds=True,
@@ -305,8 +333,12 @@ class _Codegen:
                 else:
                     pb = self.offset(b, pb, b.mul(n0, ldb) if k.trans_b else n0, dtype)
                     scratch = self.mine(b, self.scratch[dtype])
+                acc = c(int(k.accumulate))
+                if self.chunk and not k.accumulate and ref_window(self.prog, k.a)[1] and \
+                        k.trans_a:   # a sum over time: later chunks add to the first's
+                    acc = b.select(self.chunk[2], acc, c(1))
                 b.call(f, [pa, sai, sak, pb, ldb, c(int(k.trans_b)), pc, ldc, m, n, kk,
-                           c(int(k.accumulate)), scratch, c(int(packed))])
+                           acc, scratch, c(int(packed))])
             else:
                 b.call(f, [pa, pb, pc, m, n, kk, lda, ldb, ldc])
             self.barrier(b)
@@ -316,7 +348,12 @@ class _Codegen:
                    [r for r, bc in fk.inputs if bc == "full"])
         refs, nrows = kernel_refs(fk), self.rows(b, dom)
         ptrs = [self.ptr(b, r, t) for r in refs]
-        if self.threads == 1:
+        if self.chunk and any(not acc for _, _, acc in fk.colsums):
+            # column sums over time: the first chunk in the kernel's mode, the rest add
+            later = self.accumulating(fk, f)
+            mt.if_true(b, self.chunk[2], lambda: b.call(f, ptrs + [nrows]),
+                       lambda: b.call(later, ptrs + [nrows]))
+        elif self.threads == 1 or self.solo:
             b.call(f, ptrs + [nrows])
         elif fk.colsums:        # both halves would add into the same sums
             mt.only_thread0(b, self.tid, lambda: b.call(f, ptrs + [nrows]))
@@ -327,3 +364,92 @@ class _Codegen:
                     for p, r, whole_rows in zip(ptrs, refs, row_refs(fk))]
             b.call(f, ptrs + [nrows])
         self.barrier(b)
+
+    # -- split="pipeline" (compiler/pipeline.py)
+    def accumulating(self, fk, f):
+        """The variant of fused kernel function f whose column sums all add to their targets
+        (the stream's chunks after the first)."""
+        name = f.name + "_acc"
+        if name not in self.mod.globals:
+            later = replace(fk, colsums=tuple((n, r, True) for n, r, _ in fk.colsums))
+            emit_fused(self.mod, self.prog, later, name, outline=self.library)
+        return self.mod.globals[name]
+
+    def pipeline_phases(self, b, wanted, stages):
+        """An entry's stages as the two-thread pipeline: the cooperative pre kernels on both
+        threads; then thread 0 packs the loop weights and runs the loops alone while thread 1
+        streams the other pre kernels ahead of the forward loop and post behind the reverse
+        loop; then the cooperative post kernels on both threads."""
+        plan, prog, c = self.plan, self.prog, lambda v: ir.Constant(I64, v)
+        pre_done = self.ws_ptr(b, self.progress_off)
+        bwd_done = self.ws_ptr(b, self.progress_off + 64)
+
+        def run(stage, idx, t):
+            for i in idx:
+                self.call(b, getattr(prog, stage)[i], stages[stage][i], t)
+
+        if "pre" in wanted:
+            run("pre", plan.pre_rest, None)
+        self.solo = True
+
+        def loops():
+            if "pre" in wanted:
+                self.prepack(b)
+            if "fwd_loop" in wanted:
+                def fwd_step(t, _):
+                    if plan.pre_stream:
+                        mt.wait_at_least(b, pre_done, smin(
+                            b, self.T, b.add(t, c(1 + plan.lookahead))))
+                    run("fwd_loop", range(len(prog.fwd_loop)), t)
+                if prog.fwd_loop:
+                    loop(b, c(0), self.T, 1, fwd_step)
+                if plan.pre_stream:     # the reverse loop may read any step's pre results
+                    mt.wait_at_least(b, pre_done, self.T)
+            if "bwd_loop" in wanted and prog.bwd_loop:
+                def bwd_step(i, _):
+                    run("bwd_loop", range(len(prog.bwd_loop)), b.sub(b.sub(self.T, c(1)), i))
+                    if plan.post_stream:
+                        mt.publish(b, bwd_done, b.add(i, c(1)))   # steps finished so far
+                loop(b, c(0), self.T, 1, bwd_step)
+
+        def stream():
+            if "pre" in wanted and plan.pre_stream:
+                self.stream(b, "pre", plan.pre_stream, stages, publish=pre_done)
+            if "post" in wanted and plan.post_stream:
+                self.stream(b, "post", plan.post_stream, stages, wait=bwd_done)
+
+        mt.if_thread0(b, self.tid, loops, stream)
+        self.solo = False
+        if "post" in wanted:
+            self.barrier(b)     # the reverse loop and the stream are done
+            run("post", plan.post_rest, None)
+        self.barrier(b)         # both done with the counters: zero them for the next call
+        mt.only_thread0(b, self.tid, lambda: [mt.publish(b, p, c(0))
+                                              for p in (pre_done, bwd_done)])
+
+    def stream(self, b, stage, idx, stages, publish=None, wait=None):
+        """Thread 1's chunks of a stage's streamed kernels: pre in ascending steps, publishing
+        how many are done; post in descending steps, each chunk after the reverse loop has
+        passed it."""
+        kernels, C, c = getattr(self.prog, stage), self.plan.chunk, lambda v: ir.Constant(I64, v)
+        T = self.T
+        nchunks = b.sdiv(b.add(T, c(C - 1)), c(C))
+
+        def chunk(ci, _):
+            if stage == "pre":
+                t0 = b.mul(ci, c(C))
+                n = smin(b, c(C), b.sub(T, t0))
+            else:
+                t1 = b.sub(T, b.mul(ci, c(C)))
+                n = smin(b, c(C), t1)
+                t0 = b.sub(t1, n)
+            if wait is not None:
+                mt.wait_at_least(b, wait, b.sub(T, t0))
+            self.chunk = (t0, n, b.icmp_signed("==", ci, c(0)))
+            for i in idx:
+                self.call(b, kernels[i], stages[stage][i], None)
+            self.chunk = None
+            if publish is not None:
+                mt.publish(b, publish, b.add(t0, n))
+
+        loop(b, c(0), nchunks, 1, chunk)

@@ -74,12 +74,43 @@ def row_range(b, nrows, tid):
     return r0, b.sub(r1, r0)
 
 
+def if_true(b, cond, emit_yes, emit_no=None):
+    """emit_yes() where the i1 cond holds, else emit_no() (if given)."""
+    fn = b.function
+    yes, no, after = (fn.append_basic_block(n) for n in ("yes", "no", "endif"))
+    b.cbranch(cond, yes, no)
+    for block, emit in ((yes, emit_yes), (no, emit_no)):
+        b.position_at_end(block)
+        if emit is not None:
+            emit()
+        b.branch(after)
+    b.position_at_end(after)
+
+
 def only_thread0(b, tid, emit):
     """Run emit() on thread 0 only."""
+    if_true(b, b.icmp_signed("==", tid, _c(0)), emit)
+
+
+def if_thread0(b, tid, emit0, emit1):
+    """emit0() on thread 0, emit1() on thread 1 (the pipeline split's two roles)."""
+    if_true(b, b.icmp_signed("==", tid, _c(0)), emit0, emit1)
+
+
+def publish(b, counter, value):
+    """Release-store value into the i64 counter: everything written before is visible to a
+    thread that reads the new value with wait_at_least."""
+    b.atomic_rmw("xchg", counter, value, "release")
+
+
+def wait_at_least(b, counter, value):
+    """Spin (with pause) until the i64 counter, read with acquire, is >= value."""
     fn = b.function
-    yes, after = fn.append_basic_block("t0"), fn.append_basic_block("t0_done")
-    b.cbranch(b.icmp_signed("==", tid, _c(0)), yes, after)
-    b.position_at_end(yes)
-    emit()
-    b.branch(after)
-    b.position_at_end(after)
+    spin, done = fn.append_basic_block("wait_spin"), fn.append_basic_block("wait_done")
+    first = b.load_atomic(counter, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed(">=", first, value), done, spin)
+    b.position_at_end(spin)
+    b.call(declare(b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+    now = b.load_atomic(counter, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed(">=", now, value), done, spin)
+    b.position_at_end(done)

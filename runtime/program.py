@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from compiler import lower as lowering
+from compiler.pipeline import plan as pipe_plan
 from compiler.sched_numpy import allocate, user_view
 from compiler.schedule import STAGES, Gemm, Program, is_batched, kernel_refs, ref_window, with_batch
 from runtime import cache, jit
@@ -78,13 +79,26 @@ def _copy_in(dst, value, tile=256):
 # dev VM: RNN (B,I,H)=(32,64,128), 1 MFLOP per half-step: 8.7 ms whole vs 11-13 ms split; LSTM
 # (32,64,128), 4.2 MFLOP: 32 ms whole vs 21 ms split.
 SPLIT_MIN_FLOPS = 2_500_000
-SPLITS = ("cols", "batch")
+# Loop products per step (forward + backward, whole batch) for which split="auto" picks the
+# pipeline (compiler/pipeline.py): the loops on one thread, the hoisted products streamed beside
+# them on the other. Below, a step is too short to hide the hand-over (LSTM (1,32,64,100): 1.28
+# ms against 0.90 on one thread); above, the column split's halves are big enough to pay for
+# their barriers and share the loop products too. Measured, pipeline / column split, same run:
+# LSTM (32,64,128,100) 0.94, GRU 0.96, RNN (32,256,256,100) 1.02, GRU 1.13, LSTM 1.20, RNN
+# (64,512,512,50) 1.22; RNN (32,64,128,100), which the column split leaves on one thread: 0.81
+# of one thread. The stream must also not outweigh the loops by much (PIPELINE_BALANCE: hoisted
+# / loop products per step): the winners above have 1.25, RNN (32,256,256,100), a tie with
+# the same loop FLOPs as that LSTM, has 2.
+PIPELINE_FLOPS = (1_000_000, 10_000_000)
+PIPELINE_BALANCE = 1.5
+SPLITS = ("auto", "cols", "batch", "pipeline")
 
 
-def step_flops(prog: Program) -> int:
-    """Multiply-add FLOPs of the forward + backward loop products for one time step."""
+def step_flops(prog: Program, stages=("fwd_loop", "bwd_loop")) -> int:
+    """Multiply-add FLOPs of the forward + backward loop products for one time step (of the
+    whole-sequence products of pre and post, per step, with stages=("pre", "post"))."""
     total = 0
-    for k in prog.fwd_loop + prog.bwd_loop:
+    for k in [k for s in stages for k in getattr(prog, s)]:
         if isinstance(k, Gemm):
             a_rows, _, _, a_cols, _ = ref_window(prog, k.a)
             n = ref_window(prog, k.out)[3]
@@ -95,12 +109,13 @@ def step_flops(prog: Program) -> int:
 class _Instance:
     """One compiled module plus its buffers (re-allocated when T changes)."""
 
-    def __init__(self, prog: Program, unroll, T, opt, gemm, library=True, threads=1):
+    def __init__(self, prog: Program, unroll, T, opt, gemm, library=True, threads=1,
+                 split="cols"):
         self.prog = prog
         if gemm != "llvm" and not blas_externals():
             gemm = "llvm"   # no OpenBLAS next to numpy: our kernels everywhere
         self.lowered = lowering.lower(prog, unroll=unroll, T=T, gemm=gemm, library=library,
-                                      threads=threads)
+                                      threads=threads, split=split)
         obj, self.cache_hit = cache.compile_cached(self.lowered.ir_text, opt,
                                                    {"entry": self.lowered.entry})
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64,
@@ -201,11 +216,14 @@ class NativeProgram:
 
     NativeProgram(prog, unroll=False, T=None, opt=3, threads=1)
       unroll=True emits straight-line code for the given T (comparison only).
-      threads=2 runs on two threads, unless each thread's share of the loop products is below
-      split_min_flops per step (default SPLIT_MIN_FLOPS; 0 forces the split): then everything
-      runs in the calling thread. split="cols" (default): one module, two cooperating threads;
-      split="batch": two instances on the batch halves (needs meta["batch"] >= 2; also what
-      "cols" falls back to without the kernel library).
+      threads=2 runs on two threads. split="cols": one module, two cooperating threads on
+      every kernel, unless each thread's share of the loop products is below split_min_flops
+      per step (default SPLIT_MIN_FLOPS; 0 forces the split): then everything runs in the
+      calling thread. split="pipeline": one module, the loops on the calling thread while the
+      other streams the hoisted products beside them (compiler/pipeline.py). split="auto"
+      (default): "pipeline" when the loop products per step lie in PIPELINE_FLOPS and the
+      hoisted ones are at most PIPELINE_BALANCE times as large, else "cols". split="batch": two instances on the batch halves (needs meta["batch"] >= 2; also
+      what "cols" and "pipeline" fall back to without the kernel library).
       gemm: "auto" (the kernel library's packed GEMM everywhere; see compiler/lower.py),
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
@@ -226,23 +244,34 @@ class NativeProgram:
     """
 
     def __init__(self, prog: Program, *, unroll=False, T=None, opt=3, threads=1,
-                 gemm="auto", library=True, split_min_flops=None, split="cols"):
+                 gemm="auto", library=True, split_min_flops=None, split="auto"):
         self.prog, self.threads, self.split_mode = prog, threads, split
         B = prog.meta.get("batch")
         if threads not in (1, 2):
             raise ValueError(f"threads must be 1 or 2, got {threads}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if threads == 2 and split == "cols" and (not library or gemm == "blas"):
+        if split == "auto":
+            lo, hi = PIPELINE_FLOPS
+            loop = step_flops(prog)
+            split = "pipeline" if (threads == 2 and lo <= loop < hi and pipe_plan(prog).streams
+                                   and step_flops(prog, ("pre", "post")) <=
+                                   PIPELINE_BALANCE * loop) else "cols"
+            self.split_mode = split
+        if threads == 2 and split in ("cols", "pipeline") and (not library or gemm == "blas"):
             split = self.split_mode = "batch"   # the column split lives in the kernel library
         if threads == 2 and split == "batch" and (B is None or B < 2):
             raise ValueError("threads=2 with split='batch' needs meta['batch'] >= 2 to split")
         floor = SPLIT_MIN_FLOPS if split_min_flops is None else split_min_flops
-        if threads == 2 and (step_flops(prog) // 2 if split == "cols" else
-                             step_flops(with_batch(prog, B // 2))) < floor:
+        if threads == 2 and split == "pipeline" and unroll:
+            split = self.split_mode = "cols"    # the pipeline needs the loops as loops
+        if threads == 2 and split != "pipeline" and (
+                step_flops(prog) // 2 if split == "cols" else
+                step_flops(with_batch(prog, B // 2))) < floor:
             threads = self.threads = 1      # halves too small to pay for the split
-        if threads == 1 or split == "cols":
-            self.parts = [_Instance(prog, unroll, T, opt, gemm, library, threads)]
+        if threads == 1 or split in ("cols", "pipeline"):
+            self.parts = [_Instance(prog, unroll, T, opt, gemm, library, threads,
+                                    split if threads == 2 and split == "pipeline" else "cols")]
         else:
             b1 = B // 2
             first = _Instance(with_batch(prog, b1), unroll, T, opt, gemm, library)

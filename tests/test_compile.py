@@ -223,6 +223,29 @@ def test_two_threads_when_batch_equals_hidden_size(cache_dir, always_split):
     TABLE.add("lstm threads=2 B=H (f64, B=4, T=3)", "tape", worst)
 
 
+# The pipeline split: thread 0 runs the loops, thread 1 streams the input projection ahead of
+# the forward loop and the weight and input gradients behind the reverse loop, in chunks of a
+# few steps here (CHUNK_ROWS lowered) so that every case crosses several chunk boundaries and
+# most end on a partial chunk. Its sums over time are chunked, so it matches to rounding, not
+# bit for bit.
+@pytest.mark.parametrize("label", ["lstm B64", "gru", "rnn_relu f32 bidir", "lstm 2layers",
+                                   "gru_reset_before", "lstm T1", "lstm f32"])
+def test_pipeline_split_matches_tape(progs, label, monkeypatch):
+    import compiler.pipeline
+    monkeypatch.setattr(compiler.pipeline, "CHUNK_ROWS", 8)
+    prog = progs.get(label, threads=2, split="pipeline")
+    natives = [n for row in prog.compiled for cl in row for n in cl.natives.values()]
+    assert natives and all(n.threads == 2 and n.split_mode == "pipeline" for n in natives)
+    assert all(n.lowered.split == "pipeline" for n in natives)
+    model = progs.model(label)
+    _, _, _, dt, B, T = CASE[label]
+    rng = np.random.default_rng(6)
+    xs, s0 = model_xs(model, T, B, rng), random_state(model, B, rng)
+    for _ in range(2):      # the progress counters are back at zero after every call
+        worst = check(compare(prog, model, xs, s0), dt, f"{label}, split='pipeline'")
+    TABLE.add(f"{label} threads=2 pipeline", "tape", worst)
+
+
 # ---------------------------------------------------------------- the on-disk cache
 def test_second_compile_is_served_by_the_cache(tmp_path, monkeypatch):
     from runtime import jit, library

@@ -1,0 +1,137 @@
+"""The two-thread pipeline split: what it streams (compiler.pipeline.plan) and the native
+programs against the numpy executor (the oracle of compiler/schedule.py's semantics)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import compiler.pipeline as pipeline
+from compiler import sched_numpy
+from compiler.lower import lower
+from compiler.schedule import Fill, Ref
+from runtime import program as runtime_program
+from runtime.program import NativeProgram
+from tests.sched_fixtures import PROGRAMS, lstm_program, make_case, results
+
+I, H = 5, 37
+CELLS = sorted(PROGRAMS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("ggcache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """A handful of rows per chunk, so short sequences still cross chunk boundaries."""
+    monkeypatch.setattr(pipeline, "CHUNK_ROWS", 7)
+
+
+def oracle(prog, T, inputs):
+    store = sched_numpy.execute(prog, T, inputs)
+    return results(prog, lambda n: sched_numpy.user_view(prog, store, n))
+
+
+def assert_close(got, want, rtol):
+    for k in want:
+        scale = max(np.abs(want[k]).max(), 1e-30)
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)
+
+
+# ---------------------------------------------------------------- the plan
+def test_plan_streams_the_hoisted_products():
+    prog = lstm_program(3, I, H)
+    p = pipeline.plan(prog)
+    # pre: the input projection and its bias add stream; the state copies run first
+    assert p.pre_stream == (0, 1) and all(prog.pre[i].__class__.__name__ == "Copy"
+                                          for i in p.pre_rest)
+    assert (p.kinds["pre", 0], p.kinds["pre", 1]) == ("rows", "rows")
+    # post: d_weight_ih and d_weight_hh are sums over time, d_x is per step, and so is the bias
+    # gradient's colsum kernel; the copies of the final adjoints and of a finished sum wait
+    assert p.post_stream == (0, 1, 2, 3) and p.post_rest == (4, 5, 6)
+    assert [p.kinds["post", i] for i in range(4)] == ["reduce", "reduce", "rows", "rows"]
+    assert p.lookahead == 0 and p.chunk == -(-pipeline.CHUNK_ROWS // 3) and p.streams
+
+
+def test_plan_keeps_a_kernel_behind_an_earlier_one_it_conflicts_with():
+    prog = lstm_program(3, I, H)
+    # a non-streamable kernel first in post writing the bias gradient, which the (streamable)
+    # colsum kernel overwrites later: streaming the colsum would run it before the fill
+    prog.post.insert(0, Fill(Ref("d_bias_ih"), 1.0))
+    p = pipeline.plan(prog)
+    assert 0 in p.post_rest and 4 in p.post_rest     # the fill and the colsum kernel
+    assert {1, 2, 3} <= set(p.post_stream)
+
+
+def test_plan_waits_for_slots_the_reverse_loop_writes_late():
+    prog = lstm_program(3, I, H)
+    # the reverse loop now writes DG one slot ahead (slot t+1 at step t), which the descending
+    # loop fills only after passing it: nothing that reads DG may stream
+    cell = prog.bwd_loop[0]
+    outs = tuple((v, replace(r, t=1) if r.buf == "DG" else r) for v, r in cell.outputs)
+    prog.bwd_loop[0] = replace(cell, outputs=outs)
+    p = pipeline.plan(prog)
+    assert p.post_stream == () and p.pre_stream == (0, 1)   # every post kernel reads DG
+
+
+def test_plan_lookahead_follows_the_forward_loop_reads():
+    prog = lstm_program(3, I, H)
+    cell = prog.fwd_loop[1]
+    ahead = tuple((replace(r, t=1) if r.buf == "XG" else r, bc) for r, bc in cell.inputs)
+    prog.fwd_loop[1] = replace(cell, inputs=ahead)
+    assert pipeline.plan(prog).lookahead == 1
+    whole = tuple((replace(r, t="last") if r.buf == "XG" else r, bc) for r, bc in cell.inputs)
+    prog.fwd_loop[1] = replace(cell, inputs=whole)
+    assert pipeline.plan(prog).lookahead >= 1 << 30     # everything first
+
+
+def test_plan_without_a_reverse_loop_streams_no_post():
+    prog = lstm_program(3, I, H)
+    prog.bwd_loop.clear()
+    assert pipeline.plan(prog).post_stream == ()
+
+
+def test_lower_rejects_unknown_splits_and_unrolled_pipelines():
+    with pytest.raises(ValueError, match="split must be one of"):
+        lower(lstm_program(3, I, H), threads=2, split="rows")
+    with pytest.raises(ValueError, match="unroll=False"):
+        lower(lstm_program(3, I, H), threads=2, split="pipeline", unroll=True, T=4)
+
+
+# ---------------------------------------------------------------- native runs
+@pytest.mark.parametrize("cell,B", [(c, b) for c in CELLS for b in (1, 3, 64)
+                                    if c != "rnn_relu" or b == 3])
+def test_pipeline_matches_numpy(cell, B, small_chunks):
+    prog = PROGRAMS[cell](B, I, H, "float64")
+    native = NativeProgram(prog, threads=2, split="pipeline")
+    assert native.split_mode == "pipeline" and native.lowered.split == "pipeline"
+    for T in (9, 9, 1, 4):      # reruns: the counters restart at zero; T=1: one partial chunk
+        _, inputs = make_case(cell, T, B, I, H, "float64", seed=T)
+        assert_close(results(prog, native.run(T, inputs).get), oracle(prog, T, inputs), 1e-10)
+
+
+def test_pipeline_float32_and_in_two_phases(small_chunks):
+    prog = PROGRAMS["gru"](3, I, H, "float32")
+    native = NativeProgram(prog, threads=2, split="pipeline")
+    for T in (11, 5):
+        _, inputs = make_case("gru", T, 3, I, H, "float32", seed=T)
+        want = oracle(prog, T, inputs)
+        native.run(T, {n: v for n, v in inputs.items() if n != "d_out"}, phase="fwd")
+        got = native.run(T, {"d_out": inputs["d_out"]}, phase="bwd")
+        assert_close(results(prog, got.get), want, 1e-4)
+
+
+def test_auto_split_picks_the_pipeline_for_mid_sized_steps(monkeypatch):
+    prog = lstm_program(8, I, H)   # 2 products of 8 x 37 x 148 per step: 175 kFLOP
+    assert NativeProgram(prog, threads=2).split_mode == "cols"
+    monkeypatch.setattr(runtime_program, "PIPELINE_FLOPS", (100_000, 1_000_000))
+    native = NativeProgram(prog, threads=2)
+    assert native.split_mode == "pipeline" and native.threads == 2
+    _, inputs = make_case("lstm", 6, 8, I, H, seed=2)
+    assert_close(results(prog, native.run(6, inputs).get), oracle(prog, 6, inputs), 1e-10)
+    # the explicit column split keeps its floor: these halves run on one thread
+    assert NativeProgram(prog, threads=2, split="cols").threads == 1
