@@ -227,10 +227,13 @@ class _Builder:
             for a in self.args(nid):
                 w = self.node(a).shape[1]
                 # computed here and not yet placed: write it straight into the window (its other
-                # readers read it from there)
+                # readers read it from there), unless another stage reads it per step and the
+                # concat's buffer keeps only the current step (found by hypothesis: relu's
+                # backward read the last forward step's value of a concat operand)
                 if (a not in self.homes and self.group_of.get(a) is not None and
                         a not in self.J.graph["outputs"] and
-                        self.stage.get(a) == self.stage.get(nid)):
+                        self.stage.get(a) == self.stage.get(nid) and
+                        (self.bufs[home.buf].steps is not None or not self.crosses(a))):
                     self.homes[a] = Home(home.buf, home.off, col, w)
                 col += w
         for nid in order:

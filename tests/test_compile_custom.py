@@ -144,6 +144,12 @@ NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(
         [(SIG, 1, 0, 0, 1.0), (MUL, 4, 0, 0, 1.0), (MM, 5, 0, 0, 1.0), (EXP, 6, 0, 0, 1.5),
          (SPLIT, 7, 0, 0, 2.0), (ADD, 8, 3, 0, 1.0)],
         True, False, 5, 3, 3, np.float32, False),
+    # regression (found by hypothesis): a concat operand computed in the forward loop and read
+    # by relu's backward was written into the concat's one-step buffer, so the reverse loop read
+    # the last step's value
+    "relu of a split-and-swapped projection, two states": (
+        [(SPLIT, 0, 0, 0, 2.0), (RELU, 14, 0, 0, 0.0)],
+        True, False, 3, 1, 2, np.float64, False),
 }
 
 
