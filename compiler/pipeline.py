@@ -124,6 +124,18 @@ def _split_stage(prog, stage, candidates, rest_first: bool):
     return tuple(stream), rest
 
 
+def misaligned(kernels, stream) -> set:
+    """Streamed kernels that read what another streamed kernel writes through a different slot
+    window ("all" against "all+1"): chunk by chunk, they would read a slot that belongs to the
+    writer's next chunk."""
+    written = {}
+    for i in stream:
+        for r in kernel_refs(kernels[i])[1]:
+            written.setdefault(r.buf, set()).add(r.t)
+    return {i for i in stream for r in kernel_refs(kernels[i])[0]
+            if r.buf in written and written[r.buf] != {r.t}}
+
+
 def plan(prog: Program) -> PipelinePlan:
     """What thread 1 streams for a two-thread pipeline run of prog (see the module doc)."""
     kinds = {}
@@ -161,8 +173,13 @@ def plan(prog: Program) -> PipelinePlan:
             post_ok.add(i)
             kinds["post", i] = kind
 
-    pre_stream, pre_rest = _split_stage(prog, "pre", pre_ok, rest_first=True)
-    post_stream, post_rest = _split_stage(prog, "post", post_ok, rest_first=False)
+    while True:
+        pre_stream, pre_rest = _split_stage(prog, "pre", pre_ok, rest_first=True)
+        post_stream, post_rest = _split_stage(prog, "post", post_ok, rest_first=False)
+        bad_pre, bad_post = misaligned(prog.pre, pre_stream), misaligned(prog.post, post_stream)
+        if not bad_pre and not bad_post:
+            break
+        pre_ok, post_ok = pre_ok - bad_pre, post_ok - bad_post
 
     # How far ahead of step t the forward loop reads what the stream writes: a read at offset
     # o of a window the stream writes at slot base a needs chunk index t + o - a.

@@ -8,7 +8,7 @@ import pytest
 import compiler.pipeline as pipeline
 from compiler import sched_numpy
 from compiler.lower import lower
-from compiler.schedule import Fill, Ref
+from compiler.schedule import Fill, Fused, Ref
 from runtime import program as runtime_program
 from runtime.program import NativeProgram
 from tests.sched_fixtures import PROGRAMS, lstm_program, make_case, results
@@ -76,6 +76,20 @@ def test_plan_waits_for_slots_the_reverse_loop_writes_late():
     prog.bwd_loop[0] = replace(cell, outputs=outs)
     p = pipeline.plan(prog)
     assert p.post_stream == () and p.pre_stream == (0, 1)   # every post kernel reads DG
+
+
+def test_plan_does_not_stream_a_reader_with_a_shifted_window():
+    prog = lstm_program(3, I, H)
+    # a second pre kernel reading the input projection one slot later ("all+1" of a T+1
+    # buffer) than the first writes it: chunk c would read a slot of chunk c+1
+    prog.buffers["P"] = replace(prog.buffers["XG"], name="P", steps="T+1")
+    prog.buffers["Q"] = replace(prog.buffers["XG"], name="Q")
+    write = replace(prog.pre[0], out=Ref("P", "all"))
+    read = Fused("shifted", ((Ref("P", "all+1"), "full"),), (), (("in0", Ref("Q", "all")),))
+    prog.pre[:0] = [write, read]
+    assert pipeline.misaligned(prog.pre, (0, 1)) == {1}
+    p = pipeline.plan(prog)
+    assert 1 not in p.pre_stream and 0 in p.pre_rest   # the writer must run before it too
 
 
 def test_plan_lookahead_follows_the_forward_loop_reads():
