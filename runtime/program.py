@@ -222,8 +222,9 @@ class NativeProgram:
       calling thread. split="pipeline": one module, the loops on the calling thread while the
       other streams the hoisted products beside them (compiler/pipeline.py). split="auto"
       (default): "pipeline" when the loop products per step lie in PIPELINE_FLOPS and the
-      hoisted ones are at most PIPELINE_BALANCE times as large, else "cols". split="batch": two instances on the batch halves (needs meta["batch"] >= 2; also
-      what "cols" and "pipeline" fall back to without the kernel library).
+      hoisted ones are at most PIPELINE_BALANCE times as large, else "cols". split="batch":
+      two instances on the batch halves (needs meta["batch"] >= 2; also what "cols" and
+      "pipeline" fall back to without the kernel library).
       gemm: "auto" (the kernel library's packed GEMM everywhere; see compiler/lower.py),
       "llvm", "blas" (OpenBLAS for every product); "blas" falls back to "llvm" when numpy ships
       no OpenBLAS.
