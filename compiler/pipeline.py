@@ -70,24 +70,16 @@ def slice_kind(prog: Program, k) -> str | None:
     return "rows" if domain_per_t else None
 
 
-def _slot_base(ref) -> int:
+def _slot_base(t) -> int:
     """Slot of chunk index 0 for a whole-sequence window ("all": slot i, "all+1": slot i+1)."""
-    return 1 if ref.t == "all+1" else 0
+    return 1 if t == "all+1" else 0
 
 
-def _loop_writes(prog: Program, stage: str) -> dict:
-    """buffer -> set of Ref.t values the loop stage writes it with."""
+def _slots(kernels, side: int) -> dict:
+    """buffer -> set of Ref.t values the kernels read (side 0) or write (side 1) it with."""
     out = {}
-    for k in getattr(prog, stage):
-        for r in kernel_refs(k)[1]:
-            out.setdefault(r.buf, set()).add(r.t)
-    return out
-
-
-def _loop_reads(prog: Program, stage: str) -> dict:
-    out = {}
-    for k in getattr(prog, stage):
-        for r in kernel_refs(k)[0]:
+    for k in kernels:
+        for r in kernel_refs(k)[side]:
             out.setdefault(r.buf, set()).add(r.t)
     return out
 
@@ -128,10 +120,7 @@ def misaligned(kernels, stream) -> set:
     """Streamed kernels that read what another streamed kernel writes through a different slot
     window ("all" against "all+1"): chunk by chunk, they would read a slot that belongs to the
     writer's next chunk."""
-    written = {}
-    for i in stream:
-        for r in kernel_refs(kernels[i])[1]:
-            written.setdefault(r.buf, set()).add(r.t)
+    written = _slots([kernels[i] for i in stream], 1)
     return {i for i in stream for r in kernel_refs(kernels[i])[0]
             if r.buf in written and written[r.buf] != {r.t}}
 
@@ -139,9 +128,9 @@ def misaligned(kernels, stream) -> set:
 def plan(prog: Program) -> PipelinePlan:
     """What thread 1 streams for a two-thread pipeline run of prog (see the module doc)."""
     kinds = {}
-    fwd_w, bwd_w = _loop_writes(prog, "fwd_loop"), _loop_writes(prog, "bwd_loop")
-    loop_w = set(fwd_w) | set(bwd_w)
-    loop_r = set(_loop_reads(prog, "fwd_loop")) | set(_loop_reads(prog, "bwd_loop"))
+    bwd_w = _slots(prog.bwd_loop, 1)
+    loop_w = set(_slots(prog.fwd_loop, 1)) | set(bwd_w)
+    loop_r = set(_slots(prog.fwd_loop, 0)) | set(_slots(prog.bwd_loop, 0))
 
     pre_ok = set()
     for i, k in enumerate(prog.pre):
@@ -183,17 +172,14 @@ def plan(prog: Program) -> PipelinePlan:
 
     # How far ahead of step t the forward loop reads what the stream writes: a read at offset
     # o of a window the stream writes at slot base a needs chunk index t + o - a.
-    streamed_w = {}
-    for i in pre_stream:
-        for r in kernel_refs(prog.pre[i])[1]:
-            streamed_w.setdefault(r.buf, set()).add(_slot_base(r))
+    streamed_w = _slots([prog.pre[i] for i in pre_stream], 1)
     lookahead = 0
     T_ALL = 1 << 30     # "everything": a loop read that is not a per-step slot
     # (the reverse loop needs nothing more: the forward loop waits for the whole stream at its
     # end)
     for k in prog.fwd_loop:
         for r in kernel_refs(k)[0]:
-            for a in streamed_w.get(r.buf, ()):
+            for a in map(_slot_base, streamed_w.get(r.buf, ())):
                 need = r.t - a if isinstance(r.t, int) else T_ALL
                 lookahead = max(lookahead, need)
     batch = max(1, int(prog.meta.get("batch") or 1))

@@ -15,7 +15,9 @@ would produce them.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from compiler import sched_numpy
 from compiler.schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref
 
 PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -240,3 +242,26 @@ def results(prog, view):
     res.update({f"d_state0{k}": view(s) for k, s in enumerate(m["d_state0"])})
     res.update({p: view(g) for p, g in m["grads"].items()})
     return res
+
+
+# ---------------------------------------------------------------- native vs numpy (test_lower, test_pipeline)
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """An object cache of the importing test module's own (autouse there), so nothing depends
+    on a warm cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("ggcache")))
+    yield
+    mp.undo()
+
+
+def oracle(prog, T, inputs):
+    """results() of the numpy executor, the reference for the native code."""
+    store = sched_numpy.execute(prog, T, inputs)
+    return results(prog, lambda n: sched_numpy.user_view(prog, store, n))
+
+
+def assert_close(got, want, rtol):
+    for k in want:
+        scale = max(np.abs(want[k]).max(), 1e-30)
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)

@@ -7,29 +7,12 @@ from compiler.lower import lower
 from compiler.schedule import Buffer, Fused, Program, Ref
 from runtime import jit
 from runtime.program import NativeProgram
-from tests.sched_fixtures import PROGRAMS, lstm_program, make_case, results
+from tests.sched_fixtures import (PROGRAMS, assert_close, lstm_program, make_case, oracle,
+                                  results)
+from tests.sched_fixtures import private_cache  # noqa: F401  (autouse: this module's cache)
 
 I, H = 5, 37          # 4H = 148: full 16/8-lane vectors plus a masked tail
 CELLS = sorted(PROGRAMS)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("ggcache")))
-    yield
-    mp.undo()
-
-
-def oracle(prog, T, inputs):
-    store = sched_numpy.execute(prog, T, inputs)
-    return results(prog, lambda n: sched_numpy.user_view(prog, store, n))
-
-
-def assert_close(got, want, rtol):
-    for k in want:
-        scale = max(np.abs(want[k]).max(), 1e-30)
-        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)
 
 
 # relu differs from tanh only in two body rows, so it runs at one batch size (compiles dominate).

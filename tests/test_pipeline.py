@@ -2,44 +2,25 @@
 programs against the numpy executor (the oracle of compiler/schedule.py's semantics)."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 import compiler.pipeline as pipeline
-from compiler import sched_numpy
 from compiler.lower import lower
 from compiler.schedule import Fill, Fused, Ref
 from runtime import program as runtime_program
 from runtime.program import NativeProgram
-from tests.sched_fixtures import PROGRAMS, lstm_program, make_case, results
+from tests.sched_fixtures import (PROGRAMS, assert_close, lstm_program, make_case, oracle,
+                                  results)
+from tests.sched_fixtures import private_cache  # noqa: F401  (autouse: this module's cache)
 
 I, H = 5, 37
 CELLS = sorted(PROGRAMS)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path_factory.mktemp("ggcache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
     """A handful of rows per chunk, so short sequences still cross chunk boundaries."""
     monkeypatch.setattr(pipeline, "CHUNK_ROWS", 7)
-
-
-def oracle(prog, T, inputs):
-    store = sched_numpy.execute(prog, T, inputs)
-    return results(prog, lambda n: sched_numpy.user_view(prog, store, n))
-
-
-def assert_close(got, want, rtol):
-    for k in want:
-        scale = max(np.abs(want[k]).max(), 1e-30)
-        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=rtol * scale, err_msg=k)
 
 
 # ---------------------------------------------------------------- the plan
