@@ -39,7 +39,7 @@ from compiler.llvmlib import gemm as gemmlib
 from compiler.llvmlib import pgemm
 from compiler import lower_threads as mt
 from compiler import pipeline as pipe_plan
-from compiler.llvmlib.vecops import I64, PTR, loop, smin
+from compiler.llvmlib.vecops import I64, PTR, i64, loop, smin
 from compiler.lower_fused import as_fused, emit_fused, kernel_refs, row_refs
 from compiler.emitter import llvm_float
 from compiler.schedule import STAGES, Gemm, Program, mat_shape, ref_window, validate
@@ -219,12 +219,11 @@ class _Codegen:
             dtype = self.prog.buffers[name].dtype
             K, N = self._kn(k)
             ldb = ref_window(self.prog, k.b)[4]
-            c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            n0, n = self.col_share(b, c(N), dtype)
-            src = self.offset(b, self.ptr(b, k.b, None), b.mul(n0, c(ldb)) if trans_b else n0,
+            n0, n = self.col_share(b, i64(N), dtype)
+            src = self.offset(b, self.ptr(b, k.b, None), b.mul(n0, i64(ldb)) if trans_b else n0,
                               dtype)
             b.call(pgemm.declare(self.mod, "gg_prepack", dtype),
-                   [src, c(ldb), c(int(trans_b)), c(K), n, self.mine(b, offs)])
+                   [src, i64(ldb), i64(int(trans_b)), i64(K), n, self.mine(b, offs)])
 
     def offset(self, b, p, n, dtype):
         return b.gep(p, [n], inbounds=True, source_etype=llvm_float(dtype))
@@ -289,31 +288,29 @@ class _Codegen:
         """Address of the window's first element for loop index t (an i64 value or None)."""
         buf = self.prog.buffers[ref.buf]
         _, _, col, _, _ = ref_window(self.prog, ref)
-        c = lambda v: ir.Constant(I64, v)  # noqa: E731
         if buf.steps is None or ref.t in ("first", "all"):
-            slot = c(0)
+            slot = i64(0)
         elif ref.t == "all+1":
-            slot = c(1)
+            slot = i64(1)
         elif ref.t == "last":
-            slot = self.T if buf.steps == "T+1" else b.sub(self.T, c(1))
+            slot = self.T if buf.steps == "T+1" else b.sub(self.T, i64(1))
         else:
-            slot = b.add(t, c(ref.t)) if ref.t else t
+            slot = b.add(t, i64(ref.t)) if ref.t else t
         if self.chunk and ref.t in ("all", "all+1"):
             slot = b.add(slot, self.chunk[0])
         r, cols = mat_shape(buf)
-        off = b.add(b.mul(slot, c(r * cols)), c(col))
+        off = b.add(b.mul(slot, i64(r * cols)), i64(col))
         return b.gep(self.args[ref.buf], [off], inbounds=True,
                      source_etype=llvm_float(buf.dtype))
 
     def call(self, b, k, f, t):
-        c = lambda v: ir.Constant(I64, v)  # noqa: E731
         if isinstance(k, Gemm):
             ra, rb = ref_window(self.prog, k.a), ref_window(self.prog, k.b)
             a_rows, b_rows = self.rows(b, k.a), self.rows(b, k.b)
-            m, kk = (c(ra[3]), a_rows) if k.trans_a else (a_rows, c(ra[3]))
-            n = b_rows if k.trans_b else c(rb[3])
+            m, kk = (i64(ra[3]), a_rows) if k.trans_a else (a_rows, i64(ra[3]))
+            n = b_rows if k.trans_b else i64(rb[3])
             pa, pb, pc = self.ptr(b, k.a, t), self.ptr(b, k.b, t), self.ptr(b, k.out, t)
-            lda, ldb, ldc = c(ra[4]), c(rb[4]), c(ref_window(self.prog, k.out)[4])
+            lda, ldb, ldc = i64(ra[4]), i64(rb[4]), i64(ref_window(self.prog, k.out)[4])
             if f.name in BLAS_SYMBOLS.values():
                 i32, fty = ir.IntType(32), f.args[6].type
                 row_major, no, yes = (ir.Constant(i32, v) for v in (101, 111, 112))
@@ -321,7 +318,7 @@ class _Codegen:
                            kk, ir.Constant(fty, 1.0), pa, lda, pb, ldb,
                            ir.Constant(fty, 1.0 if k.accumulate else 0.0), pc, ldc])
             elif self.library:
-                sai, sak = (c(1), lda) if k.trans_a else (lda, c(1))
+                sai, sak = (i64(1), lda) if k.trans_a else (lda, i64(1))
                 dtype = self.prog.buffers[k.out.buf].dtype
                 key = self._pack_key(k)
                 packed = t is not None and self._packable(k, "fwd_loop") and key in self.packed
@@ -333,12 +330,12 @@ class _Codegen:
                 else:
                     pb = self.offset(b, pb, b.mul(n0, ldb) if k.trans_b else n0, dtype)
                     scratch = self.mine(b, self.scratch[dtype])
-                acc = c(int(k.accumulate))
+                acc = i64(int(k.accumulate))
                 if self.chunk and not k.accumulate and ref_window(self.prog, k.a)[1] and \
                         k.trans_a:   # a sum over time: later chunks add to the first's
-                    acc = b.select(self.chunk[2], acc, c(1))
-                b.call(f, [pa, sai, sak, pb, ldb, c(int(k.trans_b)), pc, ldc, m, n, kk,
-                           acc, scratch, c(int(packed))])
+                    acc = b.select(self.chunk[2], acc, i64(1))
+                b.call(f, [pa, sai, sak, pb, ldb, i64(int(k.trans_b)), pc, ldc, m, n, kk,
+                           acc, scratch, i64(int(packed))])
             else:
                 b.call(f, [pa, pb, pc, m, n, kk, lda, ldb, ldc])
             self.barrier(b)
@@ -359,7 +356,7 @@ class _Codegen:
             mt.only_thread0(b, self.tid, lambda: b.call(f, ptrs + [nrows]))
         else:
             r0, nrows = mt.row_range(b, nrows, self.tid)
-            ptrs = [self.offset(b, p, b.mul(r0, c(ref_window(self.prog, r)[4])),
+            ptrs = [self.offset(b, p, b.mul(r0, i64(ref_window(self.prog, r)[4])),
                                 self.prog.buffers[r.buf].dtype) if whole_rows else p
                     for p, r, whole_rows in zip(ptrs, refs, row_refs(fk))]
             b.call(f, ptrs + [nrows])
@@ -380,7 +377,7 @@ class _Codegen:
         threads; then thread 0 packs the loop weights and runs the loops alone while thread 1
         streams the other pre kernels ahead of the forward loop and post behind the reverse
         loop; then the cooperative post kernels on both threads."""
-        plan, prog, c = self.plan, self.prog, lambda v: ir.Constant(I64, v)
+        plan, prog = self.plan, self.prog
         pre_done = self.ws_ptr(b, self.progress_off)
         bwd_done = self.ws_ptr(b, self.progress_off + 64)
 
@@ -399,18 +396,18 @@ class _Codegen:
                 def fwd_step(t, _):
                     if plan.pre_stream:
                         mt.wait_at_least(b, pre_done, smin(
-                            b, self.T, b.add(t, c(1 + plan.lookahead))))
+                            b, self.T, b.add(t, i64(1 + plan.lookahead))))
                     run("fwd_loop", range(len(prog.fwd_loop)), t)
                 if prog.fwd_loop:
-                    loop(b, c(0), self.T, 1, fwd_step)
+                    loop(b, i64(0), self.T, 1, fwd_step)
                 if plan.pre_stream:     # the reverse loop may read any step's pre results
                     mt.wait_at_least(b, pre_done, self.T)
             if "bwd_loop" in wanted and prog.bwd_loop:
                 def bwd_step(i, _):
-                    run("bwd_loop", range(len(prog.bwd_loop)), b.sub(b.sub(self.T, c(1)), i))
+                    run("bwd_loop", range(len(prog.bwd_loop)), b.sub(b.sub(self.T, i64(1)), i))
                     if plan.post_stream:
-                        mt.publish(b, bwd_done, b.add(i, c(1)))   # steps finished so far
-                loop(b, c(0), self.T, 1, bwd_step)
+                        mt.publish(b, bwd_done, b.add(i, i64(1)))   # steps finished so far
+                loop(b, i64(0), self.T, 1, bwd_step)
 
         def stream():
             if "pre" in wanted and plan.pre_stream:
@@ -424,32 +421,32 @@ class _Codegen:
             self.barrier(b)     # the reverse loop and the stream are done
             run("post", plan.post_rest, None)
         self.barrier(b)         # both done with the counters: zero them for the next call
-        mt.only_thread0(b, self.tid, lambda: [mt.publish(b, p, c(0))
+        mt.only_thread0(b, self.tid, lambda: [mt.publish(b, p, i64(0))
                                               for p in (pre_done, bwd_done)])
 
     def stream(self, b, stage, idx, stages, publish=None, wait=None):
         """Thread 1's chunks of a stage's streamed kernels: pre in ascending steps, publishing
         how many are done; post in descending steps, each chunk after the reverse loop has
         passed it."""
-        kernels, C, c = getattr(self.prog, stage), self.plan.chunk, lambda v: ir.Constant(I64, v)
+        kernels, C = getattr(self.prog, stage), self.plan.chunk
         T = self.T
-        nchunks = b.sdiv(b.add(T, c(C - 1)), c(C))
+        nchunks = b.sdiv(b.add(T, i64(C - 1)), i64(C))
 
         def chunk(ci, _):
             if stage == "pre":
-                t0 = b.mul(ci, c(C))
-                n = smin(b, c(C), b.sub(T, t0))
+                t0 = b.mul(ci, i64(C))
+                n = smin(b, i64(C), b.sub(T, t0))
             else:
-                t1 = b.sub(T, b.mul(ci, c(C)))
-                n = smin(b, c(C), t1)
+                t1 = b.sub(T, b.mul(ci, i64(C)))
+                n = smin(b, i64(C), t1)
                 t0 = b.sub(t1, n)
             if wait is not None:
                 mt.wait_at_least(b, wait, b.sub(T, t0))
-            self.chunk = (t0, n, b.icmp_signed("==", ci, c(0)))
+            self.chunk = (t0, n, b.icmp_signed("==", ci, i64(0)))
             for i in idx:
                 self.call(b, kernels[i], stages[stage][i], None)
             self.chunk = None
             if publish is not None:
                 mt.publish(b, publish, b.add(t0, n))
 
-        loop(b, c(0), nchunks, 1, chunk)
+        loop(b, i64(0), nchunks, 1, chunk)

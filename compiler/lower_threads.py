@@ -20,12 +20,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from compiler.llvmlib.vecmath import declare
-from compiler.llvmlib.vecops import I32, I64, PTR, smin
+from compiler.llvmlib.vecops import I32, I64, PTR, i64, smin
 BARRIER_BYTES = 128     # counter and generation on separate cache lines
-
-
-def _c(v):
-    return ir.Constant(I64, v)
 
 
 def barrier_fn(mod: ir.Module) -> ir.Function:
@@ -60,17 +56,17 @@ def barrier_fn(mod: ir.Module) -> ir.Function:
 
 def column_range(b, n, tid, unit):
     """(first column, count) of thread tid's share of n columns, in whole multiples of unit."""
-    half = b.mul(b.sdiv(b.add(n, _c(2 * unit - 1)), _c(2 * unit)), _c(unit))
+    half = b.mul(b.sdiv(b.add(n, i64(2 * unit - 1)), i64(2 * unit)), i64(unit))
     n0 = smin(b, n, b.mul(tid, half))
-    n1 = smin(b, n, b.mul(b.add(tid, _c(1)), half))
+    n1 = smin(b, n, b.mul(b.add(tid, i64(1)), half))
     return n0, b.sub(n1, n0)
 
 
 def row_range(b, nrows, tid):
     """(first row, count) of thread tid's share of nrows rows (thread 0 takes the odd one)."""
-    half = b.sdiv(b.add(nrows, _c(1)), _c(2))
+    half = b.sdiv(b.add(nrows, i64(1)), i64(2))
     r0 = smin(b, nrows, b.mul(tid, half))
-    r1 = smin(b, nrows, b.mul(b.add(tid, _c(1)), half))
+    r1 = smin(b, nrows, b.mul(b.add(tid, i64(1)), half))
     return r0, b.sub(r1, r0)
 
 
@@ -89,12 +85,12 @@ def if_true(b, cond, emit_yes, emit_no=None):
 
 def only_thread0(b, tid, emit):
     """Run emit() on thread 0 only."""
-    if_true(b, b.icmp_signed("==", tid, _c(0)), emit)
+    if_true(b, b.icmp_signed("==", tid, i64(0)), emit)
 
 
 def if_thread0(b, tid, emit0, emit1):
     """emit0() on thread 0, emit1() on thread 1 (the pipeline split's two roles)."""
-    if_true(b, b.icmp_signed("==", tid, _c(0)), emit0, emit1)
+    if_true(b, b.icmp_signed("==", tid, i64(0)), emit0, emit1)
 
 
 def publish(b, counter, value):

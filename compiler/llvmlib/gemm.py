@@ -24,7 +24,7 @@ import os
 
 from llvmlite import ir
 
-from compiler.llvmlib.vecops import I32, I64, PTR, VecOps, loop
+from compiler.llvmlib.vecops import I32, I64, PTR, VecOps, i64, loop
 
 GEMM_ARGS = ("A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc")
 
@@ -32,10 +32,6 @@ GEMM_ARGS = ("A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc")
 def gemm_ctypes():
     """ctypes prototype of an emitted gemm function."""
     return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 6)
-
-
-def _c(v):
-    return ir.Constant(I64, v)
 
 
 class _Kit(VecOps):
@@ -73,21 +69,21 @@ def _mk_rowvec(kit, mr, nv, masked, accumulate):
 
     def body(k, accs):
         brow = kit.gep(b, B, b.mul(k, ldb))
-        bv = [kit.vload(b, kit.gep(b, brow, _c(v * kit.w)), mask if v == nv - 1 else None)
+        bv = [kit.vload(b, kit.gep(b, brow, i64(v * kit.w)), mask if v == nv - 1 else None)
               for v in range(nv)]
         ak = b.mul(k, sak)
         out = []
         for i in range(mr):
-            a = b.load(kit.gep(b, A, b.add(ak, b.mul(_c(i), sai))), typ=kit.fty)
+            a = b.load(kit.gep(b, A, b.add(ak, b.mul(i64(i), sai))), typ=kit.fty)
             av = kit.splat(b, a)
             out += [kit.fma(b, av, bv[v], accs[i * nv + v]) for v in range(nv)]
         return out
 
-    accs = loop(b, _c(0), K, _c(1), body, [zero] * (mr * nv))
+    accs = loop(b, i64(0), K, i64(1), body, [zero] * (mr * nv))
     for i in range(mr):
-        crow = kit.gep(b, C, b.mul(_c(i), ldc))
+        crow = kit.gep(b, C, b.mul(i64(i), ldc))
         for v in range(nv):
-            _store_tile(kit, b, accumulate, kit.gep(b, crow, _c(v * kit.w)), accs[i * nv + v],
+            _store_tile(kit, b, accumulate, kit.gep(b, crow, i64(v * kit.w)), accs[i * nv + v],
                         mask if v == nv - 1 else None)
     b.ret_void()
     return fn
@@ -101,22 +97,22 @@ def _mk_dot(kit, mr, nr, accumulate):
     fn, b = _new_fn(kit, name, 4)
     A, Bt, C, K, lda, ldb, ldc = fn.args
     zero = ir.Constant(kit.vty, 0.0)
-    kfull = b.mul(b.sdiv(K, _c(kit.w)), _c(kit.w))
-    arows = [kit.gep(b, A, b.mul(_c(i), lda)) for i in range(mr)]
-    brows = [kit.gep(b, Bt, b.mul(_c(j), ldb)) for j in range(nr)]
+    kfull = b.mul(b.sdiv(K, i64(kit.w)), i64(kit.w))
+    arows = [kit.gep(b, A, b.mul(i64(i), lda)) for i in range(mr)]
+    brows = [kit.gep(b, Bt, b.mul(i64(j), ldb)) for j in range(nr)]
 
     def step(k, accs, mask=None):
         av = [kit.vload(b, kit.gep(b, r, k), mask) for r in arows]
         bv = [kit.vload(b, kit.gep(b, r, k), mask) for r in brows]
         return [kit.fma(b, av[i], bv[j], accs[i * nr + j]) for i in range(mr) for j in range(nr)]
 
-    accs = loop(b, _c(0), kfull, _c(kit.w), step, [zero] * (mr * nr))
+    accs = loop(b, i64(0), kfull, i64(kit.w), step, [zero] * (mr * nr))
     # The K tail is one masked step; with an all-false mask it reads nothing.
     accs = step(kfull, accs, kit.mask(b, b.sub(K, kfull)))
     for i in range(mr):
         for j in range(nr):
             s = kit.hsum(b, accs[i * nr + j])
-            p = kit.gep(b, C, b.add(b.mul(_c(i), ldc), _c(j)))
+            p = kit.gep(b, C, b.add(b.mul(i64(i), ldc), i64(j)))
             if accumulate:
                 s = b.fadd(s, b.load(p, typ=kit.fty))
             b.store(s, p)
@@ -126,8 +122,8 @@ def _mk_dot(kit, mr, nr, accumulate):
 
 def _row_blocks(b, M, mr_max, call):
     """call(i0, mr) over row blocks of mr_max, then one call for the remainder."""
-    mfull = b.mul(b.sdiv(M, _c(mr_max)), _c(mr_max))
-    loop(b, _c(0), mfull, _c(mr_max), lambda i, _: call(i, mr_max))
+    mfull = b.mul(b.sdiv(M, i64(mr_max)), i64(mr_max))
+    loop(b, i64(0), mfull, i64(mr_max), lambda i, _: call(i, mr_max))
     if mr_max == 1:
         return
     fn = b.function
@@ -135,7 +131,7 @@ def _row_blocks(b, M, mr_max, call):
     sw = b.switch(b.sub(M, mfull), done)
     for mr in range(1, mr_max):
         blk = fn.append_basic_block()
-        sw.add_case(_c(mr), blk)
+        sw.add_case(i64(mr), blk)
         b.position_at_end(blk)
         call(mfull, mr)
         b.branch(done)
@@ -164,7 +160,7 @@ def emit_gemm(module: ir.Module, name: str, dtype: str = "float32", trans_a: boo
     if trans_b:
         _emit_nt(kit, b, fn.args, accumulate)
     else:
-        sai, sak = (_c(1), lda) if trans_a else (lda, _c(1))
+        sai, sak = (i64(1), lda) if trans_a else (lda, i64(1))
         _emit_nn(kit, b, fn.args, sai, sak, accumulate, mr or 4, nv or 4)
     b.ret_void()
     return fn
@@ -183,10 +179,10 @@ def _emit_nn(kit, b, args, sai, sak, accumulate, mr_max, nv):
         _row_blocks(b, M, rows_mr, call)
 
     nr = nv * w
-    nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
-    loop(b, _c(0), nfull, _c(nr), lambda j, _: cols(j, nv, False, _c(w), mr_max))
-    n1 = b.add(nfull, b.mul(b.sdiv(b.sub(N, nfull), _c(w)), _c(w)))
-    loop(b, nfull, n1, _c(w), lambda j, _: cols(j, 1, False, _c(w), mr_max))
+    nfull = b.mul(b.sdiv(N, i64(nr)), i64(nr))
+    loop(b, i64(0), nfull, i64(nr), lambda j, _: cols(j, nv, False, i64(w), mr_max))
+    n1 = b.add(nfull, b.mul(b.sdiv(b.sub(N, nfull), i64(w)), i64(w)))
+    loop(b, nfull, n1, i64(w), lambda j, _: cols(j, 1, False, i64(w), mr_max))
     fn = b.function
     tail, done = fn.append_basic_block(), fn.append_basic_block()
     b.cbranch(b.icmp_signed("<", n1, N), tail, done)
@@ -206,9 +202,9 @@ def _emit_nt(kit, b, args, accumulate, mr_max=4, nr_max=4):
             mk = _mk_dot(kit, mr, n, accumulate)
             b.call(mk, [kit.gep(b, A, b.mul(i0, lda)), kit.gep(b, Bt, b.mul(j0, ldb)),
                         kit.gep(b, C, b.add(b.mul(i0, ldc), j0)), K, lda, ldb, ldc])
-        nfull = b.mul(b.sdiv(N, _c(nr)), _c(nr))
-        loop(b, _c(0), nfull, _c(nr), lambda j, _: call(j, nr))
-        loop(b, nfull, N, _c(1), lambda j, _: call(j, 1))
+        nfull = b.mul(b.sdiv(N, i64(nr)), i64(nr))
+        loop(b, i64(0), nfull, i64(nr), lambda j, _: call(j, nr))
+        loop(b, nfull, N, i64(1), lambda j, _: call(j, 1))
 
     _row_blocks(b, M, mr_max, row_block)
 

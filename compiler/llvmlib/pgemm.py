@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from compiler.llvmlib.gemm import _c, _Kit, _row_blocks as _blocks
-from compiler.llvmlib.vecops import I32, I64, PTR, loop, smin
+from compiler.llvmlib.gemm import _Kit, _row_blocks as _blocks
+from compiler.llvmlib.vecops import I32, I64, PTR, i64, loop, smin
 from compiler.llvmlib.vecmath import prefetch
 
 MR, NV, UNROLL = 6, 4, 4
@@ -104,11 +104,11 @@ def _microkernel(kit, mr):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     w, nrv = kit.w, NV * kit.w
-    arows = [kit.gep(b, A, b.mul(_c(i), sai)) for i in range(mr)]
+    arows = [kit.gep(b, A, b.mul(i64(i), sai)) for i in range(mr)]
 
     def kstep(k, accs):
-        bp = kit.gep(b, Bp, b.mul(k, _c(nrv)))
-        bv = [kit.vload(b, kit.gep(b, bp, _c(v * w))) for v in range(NV)]
+        bp = kit.gep(b, Bp, b.mul(k, i64(nrv)))
+        bv = [kit.vload(b, kit.gep(b, bp, i64(v * w))) for v in range(NV)]
         out = []
         for i in range(mr):
             a = kit.splat(b, b.load(kit.gep(b, arows[i], b.mul(k, sak)), typ=kit.fty))
@@ -117,31 +117,31 @@ def _microkernel(kit, mr):
 
     def unrolled(k, accs):
         if PF_B:
-            ahead = kit.gep(b, Bp, b.mul(b.add(k, _c(PF_B)), _c(nrv)))
+            ahead = kit.gep(b, Bp, b.mul(b.add(k, i64(PF_B)), i64(nrv)))
             for line in range(UNROLL * nrv * kit.esize // 64):
-                prefetch(b, kit.gep(b, ahead, _c(line * 64 // kit.esize)), write=False)
+                prefetch(b, kit.gep(b, ahead, i64(line * 64 // kit.esize)), write=False)
         for u in range(UNROLL):
-            accs = kstep(b.add(k, _c(u)) if u else k, accs)
+            accs = kstep(b.add(k, i64(u)) if u else k, accs)
         return accs
 
     if PF_C:    # the C tile is needed only in the epilogue: start fetching it now
         for i in range(mr):
-            crow = kit.gep(b, C, b.mul(_c(i), ldc))
+            crow = kit.gep(b, C, b.mul(i64(i), ldc))
             for v in range(NV):
-                prefetch(b, kit.gep(b, crow, _c(v * w)), write=True)
+                prefetch(b, kit.gep(b, crow, i64(v * w)), write=True)
     zero = ir.Constant(kit.vty, 0.0)
-    kfull = b.mul(b.sdiv(kc, _c(UNROLL)), _c(UNROLL))
-    accs = loop(b, _c(0), kfull, _c(UNROLL), unrolled, [zero] * (mr * NV))
-    accs = loop(b, kfull, kc, _c(1), kstep, accs)
+    kfull = b.mul(b.sdiv(kc, i64(UNROLL)), i64(UNROLL))
+    accs = loop(b, i64(0), kfull, i64(UNROLL), unrolled, [zero] * (mr * NV))
+    accs = loop(b, kfull, kc, i64(1), kstep, accs)
     masks = _masks(kit, b, nrem)
     add_blk, set_blk = fn.append_basic_block("acc"), fn.append_basic_block("set")
-    b.cbranch(b.icmp_signed("!=", acc, _c(0)), add_blk, set_blk)
+    b.cbranch(b.icmp_signed("!=", acc, i64(0)), add_blk, set_blk)
     for blk, add in ((add_blk, True), (set_blk, False)):
         b.position_at_end(blk)
         for i in range(mr):
-            crow = kit.gep(b, C, b.mul(_c(i), ldc))
+            crow = kit.gep(b, C, b.mul(i64(i), ldc))
             for v in range(NV):
-                p, x = kit.gep(b, crow, _c(v * w)), accs[i * NV + v]
+                p, x = kit.gep(b, crow, i64(v * w)), accs[i * NV + v]
                 if add:
                     x = b.fadd(kit.vload(b, p, masks[v]), x)
                 kit.vstore(b, x, p, masks[v])
@@ -163,40 +163,40 @@ def _emit_pack(kit):
     fn, b = _new(kit, "gg_pack")
     B, ldb, trans_b, kc, nc, dst = fn.args
     w, nrv = kit.w, NV * kit.w
-    npan = b.sdiv(b.add(nc, _c(nrv - 1)), _c(nrv))
+    npan = b.sdiv(b.add(nc, i64(nrv - 1)), i64(nrv))
     nn_blk, nt_blk, done = (fn.append_basic_block(n) for n in ("nn", "nt", "done"))
-    b.cbranch(b.icmp_signed("!=", trans_b, _c(0)), nt_blk, nn_blk)
+    b.cbranch(b.icmp_signed("!=", trans_b, i64(0)), nt_blk, nn_blk)
 
     b.position_at_end(nn_blk)
 
     def nn_panel(p, _):
-        masks = _masks(kit, b, b.sub(nc, b.mul(p, _c(nrv))))
-        dp = kit.gep(b, dst, b.mul(b.mul(p, kc), _c(nrv)))
+        masks = _masks(kit, b, b.sub(nc, b.mul(p, i64(nrv))))
+        dp = kit.gep(b, dst, b.mul(b.mul(p, kc), i64(nrv)))
 
         def row(k, _):
-            src = kit.gep(b, B, b.add(b.mul(k, ldb), b.mul(p, _c(nrv))))
-            d = kit.gep(b, dp, b.mul(k, _c(nrv)))
+            src = kit.gep(b, B, b.add(b.mul(k, ldb), b.mul(p, i64(nrv))))
+            d = kit.gep(b, dp, b.mul(k, i64(nrv)))
             for v in range(NV):
-                kit.vstore(b, kit.vload(b, kit.gep(b, src, _c(v * w)), masks[v]),
-                           kit.gep(b, d, _c(v * w)))
-        loop(b, _c(0), kc, _c(1), row)
-    loop(b, _c(0), npan, _c(1), nn_panel)
+                kit.vstore(b, kit.vload(b, kit.gep(b, src, i64(v * w)), masks[v]),
+                           kit.gep(b, d, i64(v * w)))
+        loop(b, i64(0), kc, i64(1), row)
+    loop(b, i64(0), npan, i64(1), nn_panel)
     b.branch(done)
 
     b.position_at_end(nt_blk)   # B stored N x K: B[k, j] = Bt[j*ldb + k]
 
     def nt_col(j, _):
-        p, jj = b.sdiv(j, _c(nrv)), b.srem(j, _c(nrv))
-        dp = kit.gep(b, dst, b.add(b.mul(b.mul(p, kc), _c(nrv)), jj))
+        p, jj = b.sdiv(j, i64(nrv)), b.srem(j, i64(nrv))
+        dp = kit.gep(b, dst, b.add(b.mul(b.mul(p, kc), i64(nrv)), jj))
         inside = b.icmp_signed("<", j, nc)
-        src = kit.gep(b, B, b.mul(b.select(inside, j, _c(0)), ldb))
+        src = kit.gep(b, B, b.mul(b.select(inside, j, i64(0)), ldb))
 
         def elem(k, _):
             x = b.load(kit.gep(b, src, k), typ=kit.fty)
             b.store(b.select(inside, x, ir.Constant(kit.fty, 0.0)),
-                    kit.gep(b, dp, b.mul(k, _c(nrv))))
-        loop(b, _c(0), kc, _c(1), elem)
-    loop(b, _c(0), b.mul(npan, _c(nrv)), _c(1), nt_col)
+                    kit.gep(b, dp, b.mul(k, i64(nrv))))
+        loop(b, i64(0), kc, i64(1), elem)
+    loop(b, i64(0), b.mul(npan, i64(nrv)), i64(1), nt_col)
     b.branch(done)
     b.position_at_end(done)
     b.ret_void()
@@ -208,14 +208,14 @@ def _emit_prepack(kit):
     fn, b = _new(kit, "gg_prepack")
     B, ldb, trans_b, K, N, dst = fn.args
     nrv = NV * kit.w
-    npad = b.mul(b.sdiv(b.add(N, _c(nrv - 1)), _c(nrv)), _c(nrv))
+    npad = b.mul(b.sdiv(b.add(N, i64(nrv - 1)), i64(nrv)), i64(nrv))
     pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
 
     def kblock(k0, _):
-        kc = smin(b, _c(KC_P), b.sub(K, k0))
-        src = b.select(b.icmp_signed("!=", trans_b, _c(0)), k0, b.mul(k0, ldb))
+        kc = smin(b, i64(KC_P), b.sub(K, k0))
+        src = b.select(b.icmp_signed("!=", trans_b, i64(0)), k0, b.mul(k0, ldb))
         b.call(pack, [kit.gep(b, B, src), ldb, trans_b, kc, N, kit.gep(b, dst, b.mul(k0, npad))])
-    loop(b, _c(0), K, _c(KC_P), kblock)
+    loop(b, i64(0), K, i64(KC_P), kblock)
     b.ret_void()
     return fn
 
@@ -225,27 +225,27 @@ def _emit_gemm(kit, dtype):
     A, sai, sak, B, ldb, trans_b, C, ldc, M, N, K, acc, ws, packed = fn.args
     nrv, chunk = NV * kit.w, ncb(dtype)
     pack = kit.mod.globals["gg_pack_" + tag_of(kit)]
-    npad = b.mul(b.sdiv(b.add(N, _c(nrv - 1)), _c(nrv)), _c(nrv))
-    is_packed = b.icmp_signed("!=", packed, _c(0))
+    npad = b.mul(b.sdiv(b.add(N, i64(nrv - 1)), i64(nrv)), i64(nrv))
+    is_packed = b.icmp_signed("!=", packed, i64(0))
 
-    few_rows = b.icmp_signed("<=", M, _c(MC))
-    kc_many = b.select(b.icmp_signed("==", sak, _c(1)), _c(KC), _c(KC_T))
+    few_rows = b.icmp_signed("<=", M, i64(MC))
+    kc_many = b.select(b.icmp_signed("==", sak, i64(1)), i64(KC), i64(KC_T))
     # A read down its columns (A^T): its MR x kc slice is packed once per row block (into ws
     # past the B chunk) and reused by every panel; its lines would alias in L1 at power-of-two
     # row strides. Only when ws is ours: with a prepacked B, ws may hold the caller's data.
-    pack_a = b.and_(b.icmp_signed("==", sai, _c(1)), b.icmp_signed("!=", sak, _c(1)))
+    pack_a = b.and_(b.icmp_signed("==", sai, i64(1)), b.icmp_signed("!=", sak, i64(1)))
     pack_a = b.and_(pack_a, b.not_(is_packed)) if PACK_A else ir.Constant(ir.IntType(1), 0)
-    apk = kit.gep(b, ws, _c(KC * chunk))
-    kcmax = b.select(b.or_(is_packed, few_rows), _c(KC_P), kc_many)   # few rows: L1 panels
+    apk = kit.gep(b, ws, i64(KC * chunk))
+    kcmax = b.select(b.or_(is_packed, few_rows), i64(KC_P), kc_many)   # few rows: L1 panels
 
     def kblock(k0, _):
         kc = smin(b, kcmax, b.sub(K, k0))
-        accf = b.select(b.icmp_signed(">", k0, _c(0)), _c(1), acc)
+        accf = b.select(b.icmp_signed(">", k0, i64(0)), i64(1), acc)
         a0 = kit.gep(b, A, b.mul(k0, sak))
 
         def chunk_(j0, _):
-            nc = smin(b, _c(chunk), b.sub(N, j0))
-            src = b.select(b.icmp_signed("!=", trans_b, _c(0)), b.add(b.mul(j0, ldb), k0),
+            nc = smin(b, i64(chunk), b.sub(N, j0))
+            src = b.select(b.icmp_signed("!=", trans_b, i64(0)), b.add(b.mul(j0, ldb), k0),
                            b.add(b.mul(k0, ldb), j0))
             do_pack, after = fn.append_basic_block("pack"), fn.append_basic_block("packed")
             b.cbranch(is_packed, after, do_pack)
@@ -254,7 +254,7 @@ def _emit_gemm(kit, dtype):
             b.branch(after)
             b.position_at_end(after)
             bp = b.select(is_packed, kit.gep(b, B, b.add(b.mul(k0, npad), b.mul(j0, kc))), ws)
-            npan = b.sdiv(b.add(nc, _c(nrv - 1)), _c(nrv))
+            npan = b.sdiv(b.add(nc, i64(nrv - 1)), i64(nrv))
 
             def rows_order():
                 def rows(i0, mr):
@@ -263,26 +263,26 @@ def _emit_gemm(kit, dtype):
                     with b.if_then(pack_a):     # every k of this slice is its own cache line
                         def kstep(k, _):
                             for i in range(mr):
-                                x = b.load(kit.gep(b, ai, b.add(b.mul(k, sak), _c(i))),
+                                x = b.load(kit.gep(b, ai, b.add(b.mul(k, sak), i64(i))),
                                            typ=kit.fty)
-                                b.store(x, kit.gep(b, apk, b.add(b.mul(k, _c(mr)), _c(i))))
-                        loop(b, _c(0), kc, _c(1), kstep)
-                    a_, sai_ = b.select(pack_a, apk, ai), b.select(pack_a, _c(1), sai)
-                    sak_ = b.select(pack_a, _c(mr), sak)
+                                b.store(x, kit.gep(b, apk, b.add(b.mul(k, i64(mr)), i64(i))))
+                        loop(b, i64(0), kc, i64(1), kstep)
+                    a_, sai_ = b.select(pack_a, apk, ai), b.select(pack_a, i64(1), sai)
+                    sak_ = b.select(pack_a, i64(mr), sak)
 
                     def panel(p, _):
-                        jp = b.mul(p, _c(nrv))
+                        jp = b.mul(p, i64(nrv))
                         b.call(_microkernel(kit, mr), [a_, kit.gep(b, bp, b.mul(jp, kc)),
                                                        kit.gep(b, ci, jp), sai_, sak_, ldc, kc,
                                                        b.sub(nc, jp), accf])
-                    loop(b, _c(0), npan, _c(1), panel)
+                    loop(b, i64(0), npan, i64(1), panel)
                 _blocks(b, M, MR, rows)
 
             def mblock(i0, _):
-                mc = smin(b, _c(MC), b.sub(M, i0))
+                mc = smin(b, i64(MC), b.sub(M, i0))
 
                 def panel(p, _):      # this kc x NR panel stays in L1 for the mc rows
-                    jp = b.mul(p, _c(nrv))
+                    jp = b.mul(p, i64(nrv))
                     bpp, nrem = kit.gep(b, bp, b.mul(jp, kc)), b.sub(nc, jp)
 
                     def call(ir_, mr):
@@ -292,18 +292,18 @@ def _emit_gemm(kit, dtype):
                             kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))),
                             sai, sak, ldc, kc, nrem, accf])
                     _blocks(b, mc, MR, call)
-                loop(b, _c(0), npan, _c(1), panel)
+                loop(b, i64(0), npan, i64(1), panel)
             few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))
             b.cbranch(few_rows, few, many)
             b.position_at_end(few)
-            loop(b, _c(0), M, _c(MC), mblock)
+            loop(b, i64(0), M, i64(MC), mblock)
             b.branch(joined)
             b.position_at_end(many)
             rows_order()
             b.branch(joined)
             b.position_at_end(joined)
-        loop(b, _c(0), N, _c(chunk), chunk_)
-    loop(b, _c(0), K, kcmax, kblock)
+        loop(b, i64(0), N, i64(chunk), chunk_)
+    loop(b, i64(0), K, kcmax, kblock)
     b.ret_void()
     return fn
 

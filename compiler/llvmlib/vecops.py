@@ -13,6 +13,11 @@ from compiler.llvmlib.vecmath import declare, intrinsic
 I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
 
 
+def i64(v):
+    """The i64 constant v (sizes, strides, offsets, flags of every emitted call)."""
+    return ir.Constant(I64, v)
+
+
 class VecOps:
     """`width` lanes of float type `fty` (ir.FloatType or ir.DoubleType) in `module`."""
 
