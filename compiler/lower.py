@@ -170,8 +170,8 @@ class _Codegen:
         self.ws_bytes = 0
         if threads == 2:
             self.barrier_off = self.alloc(mt.BARRIER_BYTES)     # offset 0: the runtime zeroes it
-        if plan is not None:    # the stream's progress counters, zero between calls
-            self.progress_off = self.alloc(mt.BARRIER_BYTES)
+        if plan is not None:    # the stream's progress counters and the shared chunks'
+            self.progress_off = self.alloc(3 * 64)      # claims, zero between calls
         self.scratch = {}       # dtype -> ws offsets of the gemm packing scratch, per thread
         self.packed = {}        # (buf, col, cols, trans_b) -> (ws offsets of its packed copy
         #                         (each thread's column half when threads=2), a Gemm using it)
@@ -380,6 +380,7 @@ class _Codegen:
         plan, prog = self.plan, self.prog
         pre_done = self.ws_ptr(b, self.progress_off)
         bwd_done = self.ws_ptr(b, self.progress_off + 64)
+        claims = self.ws_ptr(b, self.progress_off + 128)
 
         def run(stage, idx, t):
             for i in idx:
@@ -408,12 +409,15 @@ class _Codegen:
                     if plan.post_stream:
                         mt.publish(b, bwd_done, b.add(i, i64(1)))   # steps finished so far
                 loop(b, i64(0), self.T, 1, bwd_step)
+                if "post" in wanted and plan.post_shared:
+                    self.drain_shared(b, stages, claims, side=1)
 
         def stream():
             if "pre" in wanted and plan.pre_stream:
                 self.stream(b, "pre", plan.pre_stream, stages, publish=pre_done)
             if "post" in wanted and plan.post_stream:
-                self.stream(b, "post", plan.post_stream, stages, wait=bwd_done)
+                self.stream(b, "post", plan.post_stream, stages, wait=bwd_done,
+                            claims=claims)
 
         mt.if_thread0(b, self.tid, loops, stream)
         self.solo = False
@@ -422,31 +426,93 @@ class _Codegen:
             run("post", plan.post_rest, None)
         self.barrier(b)         # both done with the counters: zero them for the next call
         mt.only_thread0(b, self.tid, lambda: [mt.publish(b, p, i64(0))
-                                              for p in (pre_done, bwd_done)])
+                                              for p in (pre_done, bwd_done, claims)])
 
-    def stream(self, b, stage, idx, stages, publish=None, wait=None):
+    def nchunks(self, b):
+        return b.sdiv(b.add(self.T, i64(self.plan.chunk - 1)), i64(self.plan.chunk))
+
+    def post_chunk(self, b, ci, idx, stages):
+        """Run the post kernels idx on chunk ci: steps counted down from T, chunk 0 the latest."""
+        t1 = b.sub(self.T, b.mul(ci, i64(self.plan.chunk)))
+        n = smin(b, i64(self.plan.chunk), t1)
+        self.chunk = (b.sub(t1, n), n, b.icmp_signed("==", ci, i64(0)))
+        for i in idx:
+            self.call(b, self.prog.post[i], stages["post"][i], None)
+        self.chunk = None
+
+    def claim(self, b, claims, side):
+        """Claim the next shared post chunk from one end: (claimed i1, chunk). One i64 word
+        counts both ends' claims (thread 1, side 0, from chunk 0 up in the low half; thread 0,
+        side 1, from the last chunk down in the high half), so a single atomic add settles
+        every race: a claim holds when the two counts before it leave a chunk between them."""
+        old = b.atomic_rmw("add", claims, i64(1 << (32 * side)), "monotonic")
+        lo, hi = b.and_(old, i64(0xFFFFFFFF)), b.lshr(old, i64(32))
+        nch = self.nchunks(b)
+        ci = lo if side == 0 else b.sub(b.sub(nch, i64(1)), hi)
+        return b.icmp_signed("<", b.add(lo, hi), nch), ci
+
+    def drain_shared(self, b, stages, claims, side):
+        """Claim and run shared chunks until none is left (the reverse loop is over)."""
+        fn = b.function
+        head, body, done = (fn.append_basic_block(n) for n in ("share", "share_run", "shared"))
+        b.branch(head)
+        b.position_at_end(head)
+        ok, ci = self.claim(b, claims, side)
+        b.cbranch(ok, body, done)
+        b.position_at_end(body)
+        self.post_chunk(b, ci, self.plan.post_shared, stages)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def wait_sharing(self, b, stages, claims, done_ptr, need, ci):
+        """Thread 1 before post chunk ci: until the reverse loop has finished `need` steps, run
+        shared chunks it has already passed (below ci) instead of spinning."""
+        fn = b.function
+        head, check, take, run, spin, done = (fn.append_basic_block(n) for n in (
+            "idle", "idle_check", "idle_take", "idle_run", "idle_spin", "idle_done"))
+        b.branch(head)
+        b.position_at_end(head)
+        now = b.load_atomic(done_ptr, "acquire", 8, typ=I64)
+        b.cbranch(b.icmp_signed(">=", now, need), done, check)
+        b.position_at_end(check)
+        mine = b.and_(b.load_atomic(claims, "monotonic", 8, typ=I64), i64(0xFFFFFFFF))
+        b.cbranch(b.icmp_signed("<", mine, ci), take, spin)
+        b.position_at_end(take)
+        ok, cj = self.claim(b, claims, 0)
+        b.cbranch(ok, run, head)
+        b.position_at_end(run)
+        self.post_chunk(b, cj, self.plan.post_shared, stages)
+        b.branch(head)
+        b.position_at_end(spin)
+        mt.pause(b)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def stream(self, b, stage, idx, stages, publish=None, wait=None, claims=None):
         """Thread 1's chunks of a stage's streamed kernels: pre in ascending steps, publishing
         how many are done; post in descending steps, each chunk after the reverse loop has
-        passed it."""
-        kernels, C = getattr(self.prog, stage), self.plan.chunk
-        T = self.T
-        nchunks = b.sdiv(b.add(T, i64(C - 1)), i64(C))
+        passed it (and the shared kernels' chunks as claimed, see drain_shared)."""
+        C, T = self.plan.chunk, self.T
+        shared = self.plan.post_shared if stage == "post" else ()
+        own = [i for i in idx if i not in shared]
 
         def chunk(ci, _):
             if stage == "pre":
                 t0 = b.mul(ci, i64(C))
                 n = smin(b, i64(C), b.sub(T, t0))
-            else:
-                t1 = b.sub(T, b.mul(ci, i64(C)))
-                n = smin(b, i64(C), t1)
-                t0 = b.sub(t1, n)
-            if wait is not None:
-                mt.wait_at_least(b, wait, b.sub(T, t0))
-            self.chunk = (t0, n, b.icmp_signed("==", ci, i64(0)))
-            for i in idx:
-                self.call(b, kernels[i], stages[stage][i], None)
-            self.chunk = None
-            if publish is not None:
+                self.chunk = (t0, n, b.icmp_signed("==", ci, i64(0)))
+                for i in own:
+                    self.call(b, self.prog.pre[i], stages["pre"][i], None)
+                self.chunk = None
                 mt.publish(b, publish, b.add(t0, n))
+                return
+            need = smin(b, T, b.mul(b.add(ci, i64(1)), i64(C)))  # steps the chunk needs done
+            if shared:
+                self.wait_sharing(b, stages, claims, wait, need, ci)
+            else:
+                mt.wait_at_least(b, wait, need)
+            self.post_chunk(b, ci, own, stages)
 
-        loop(b, i64(0), nchunks, 1, chunk)
+        loop(b, i64(0), self.nchunks(b), 1, chunk)
+        if shared:
+            self.drain_shared(b, stages, claims, side=0)

@@ -24,6 +24,11 @@ from compiler.llvmlib.vecops import I32, I64, PTR, i64, smin
 BARRIER_BYTES = 128     # counter and generation on separate cache lines
 
 
+def pause(b):
+    """The spin-wait hint: lets the sibling hyperthread run and saves power while spinning."""
+    b.call(declare(b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+
+
 def barrier_fn(mod: ir.Module) -> ir.Function:
     """void gg_barrier2(ptr state): returns once both threads have called it."""
     name = "gg_barrier2"
@@ -46,7 +51,7 @@ def barrier_fn(mod: ir.Module) -> ir.Function:
     b.atomic_rmw("xchg", gen_p, b.add(gen, ir.Constant(I32, 1)), "release")
     b.branch(done)
     b.position_at_end(wait)
-    b.call(declare(mod, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+    pause(b)
     now = b.load_atomic(gen_p, "acquire", 4, typ=I32)
     b.cbranch(b.icmp_unsigned("==", now, gen), wait, done)
     b.position_at_end(done)
@@ -106,7 +111,7 @@ def wait_at_least(b, counter, value):
     first = b.load_atomic(counter, "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed(">=", first, value), done, spin)
     b.position_at_end(spin)
-    b.call(declare(b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+    pause(b)
     now = b.load_atomic(counter, "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed(">=", now, value), done, spin)
     b.position_at_end(done)

@@ -21,6 +21,12 @@ compiler/lower.py emits it. A kernel streams when it can be cut along time:
 and when streaming keeps every dependency: it touches no buffer the loops write except through
 time windows the loop has finished (reverse-loop writes at slot offsets <= 0), and no kernel
 left in the cooperative (non-streamed) part of its stage depends on it out of order.
+
+The weight-gradient sums keep thread 1 busy past the end of the reverse loop. The streamed post
+kernels that write their own rows and share no buffer with the rest of the stream (the input
+gradient dX = dG @ W) are therefore "shared": their chunks go to whichever thread claims them
+first, thread 1 from the latest steps while it would otherwise wait for the reverse loop,
+thread 0 from step 0 up once the reverse loop is done, so the two finish together.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ class PipelinePlan:
     lookahead: int          # forward step t needs pre chunks covering indices < t + 1 + this
     chunk: int              # time steps per chunk
     kinds: dict             # (stage, index) -> "rows" | "reduce" for streamed kernels
+    post_shared: tuple = () # the post_stream kernels either thread may run chunk by chunk
 
     @property
     def streams(self) -> bool:
@@ -125,6 +132,24 @@ def misaligned(kernels, stream) -> set:
             if r.buf in written and written[r.buf] != {r.t}}
 
 
+def shared(kernels, stream, kinds) -> tuple:
+    """The streamed "rows" kernels without column sums whose buffers no other streamed kernel
+    writes, and which write nothing another reads: any thread may run any of their chunks, in
+    any order relative to the rest of the stream."""
+    out = []
+    for i in stream:
+        k = kernels[i]
+        if kinds[i] != "rows" or (not isinstance(k, Gemm) and as_fused(k).colsums):
+            continue
+        reads, writes = map(_bufs, kernel_refs(k))
+        others = [kernel_refs(kernels[j]) for j in stream if j != i]
+        o_reads = {r.buf for rd, _ in others for r in rd}
+        o_writes = {r.buf for _, wr in others for r in wr}
+        if not (writes & (o_reads | o_writes) or reads & o_writes):
+            out.append(i)
+    return tuple(out)
+
+
 def plan(prog: Program) -> PipelinePlan:
     """What thread 1 streams for a two-thread pipeline run of prog (see the module doc)."""
     kinds = {}
@@ -184,6 +209,8 @@ def plan(prog: Program) -> PipelinePlan:
                 lookahead = max(lookahead, need)
     batch = max(1, int(prog.meta.get("batch") or 1))
     chunk = max(1, -(-CHUNK_ROWS // batch))
+    post_kinds = {i: kinds["post", i] for i in post_stream}
     return PipelinePlan(pre_stream, pre_rest, post_stream, post_rest, lookahead, chunk,
                         {key: v for key, v in kinds.items()
-                         if key[1] in (pre_stream if key[0] == "pre" else post_stream)})
+                         if key[1] in (pre_stream if key[0] == "pre" else post_stream)},
+                        shared(prog.post, post_stream, post_kinds))

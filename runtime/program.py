@@ -79,31 +79,45 @@ def _copy_in(dst, value, tile=256):
 # dev VM: RNN (B,I,H)=(32,64,128), 1 MFLOP per half-step: 8.7 ms whole vs 11-13 ms split; LSTM
 # (32,64,128), 4.2 MFLOP: 32 ms whole vs 21 ms split.
 SPLIT_MIN_FLOPS = 2_500_000
-# Loop products per step (forward + backward, whole batch) for which split="auto" picks the
-# pipeline (compiler/pipeline.py): the loops on one thread, the hoisted products streamed beside
-# them on the other. Below, a step is too short to hide the hand-over (LSTM (1,32,64,100): 1.28
-# ms against 0.90 on one thread); above, the column split's halves are big enough to pay for
-# their barriers and share the loop products too. Measured, pipeline / column split, same run:
-# LSTM (32,64,128,100) 0.94, GRU 0.96, RNN (32,256,256,100) 1.02, GRU 1.13, LSTM 1.20, RNN
-# (64,512,512,50) 1.22; RNN (32,64,128,100), which the column split leaves on one thread: 0.81
-# of one thread. The stream must also not outweigh the loops by much (PIPELINE_BALANCE: hoisted
-# / loop products per step): the winners above have 1.25, RNN (32,256,256,100), a tie with
-# the same loop FLOPs as that LSTM, has 2.
-PIPELINE_FLOPS = (1_000_000, 10_000_000)
-PIPELINE_BALANCE = 1.5
+# split="auto" picks the pipeline (compiler/pipeline.py: the loops on one thread, the hoisted
+# products streamed beside them on the other) when the loop products per step (forward +
+# backward, whole batch) lie in PIPELINE_FLOPS and the two threads' products can be balanced:
+# the loops on one side, the hoisted products less the shared ones (the input gradient, which
+# either thread runs) on the other, neither more than PIPELINE_BALANCE times half the total.
+# Below the FLOP range a step is too short to hide the hand-over (LSTM (1,32,64,100): 1.28 ms
+# against 0.90 on one thread); above it the column split is as fast (LSTM (64,512,512,50):
+# 1.01). Measured, pipeline / column split, interleaved in one process: RNN (32,256,256,100)
+# 0.82, LSTM 0.92, GRU (32,64,128,100) 0.92, RNN (64,512,512,50) 0.94 (all balanced); GRU
+# (32,256,256,100) 1.13 (1.33 of an even half: it shares nothing, its input gradient reads
+# gate gradients the stream assembles), RNN (16,128,1024,50) 1.34 and LSTM 1.71 (1.19: the
+# loops' weights, streamed from memory every step, are the larger side). RNN and LSTM
+# (32,64,128,100), which the column split leaves on one thread: pipeline / one thread 0.63-0.81.
+PIPELINE_FLOPS = (1_000_000, 100_000_000)
+PIPELINE_BALANCE = 1.15
 SPLITS = ("auto", "cols", "batch", "pipeline")
 
 
-def step_flops(prog: Program, stages=("fwd_loop", "bwd_loop")) -> int:
+def step_flops(prog: Program, stages=("fwd_loop", "bwd_loop"), kernels=None) -> int:
     """Multiply-add FLOPs of the forward + backward loop products for one time step (of the
-    whole-sequence products of pre and post, per step, with stages=("pre", "post"))."""
+    whole-sequence products of pre and post, per step, with stages=("pre", "post"); of the
+    given kernels instead, if any)."""
     total = 0
-    for k in [k for s in stages for k in getattr(prog, s)]:
+    for k in kernels if kernels is not None else [k for s in stages for k in getattr(prog, s)]:
         if isinstance(k, Gemm):
             a_rows, _, _, a_cols, _ = ref_window(prog, k.a)
             n = ref_window(prog, k.out)[3]
             total += 2 * a_rows * a_cols * n
     return total
+
+
+def pipeline_fits(prog: Program) -> bool:
+    """Whether split="auto" runs prog's two threads as a pipeline (see PIPELINE_FLOPS)."""
+    plan = pipe_plan(prog)
+    loop, hoisted = step_flops(prog), step_flops(prog, ("pre", "post"))
+    shared = step_flops(prog, kernels=[prog.post[i] for i in plan.post_shared])
+    lo, hi = PIPELINE_FLOPS
+    return (plan.streams and lo <= loop < hi and
+            max(loop, hoisted - shared) <= PIPELINE_BALANCE * (loop + hoisted) / 2)
 
 
 class _Instance:
@@ -222,7 +236,7 @@ class NativeProgram:
       calling thread. split="pipeline": one module, the loops on the calling thread while the
       other streams the hoisted products beside them (compiler/pipeline.py). split="auto"
       (default): "pipeline" when the loop products per step lie in PIPELINE_FLOPS and the
-      hoisted ones are at most PIPELINE_BALANCE times as large, else "cols". split="batch":
+      threads' shares can be balanced (pipeline_fits), else "cols". split="batch":
       two instances on the batch halves (needs meta["batch"] >= 2; also what "cols" and
       "pipeline" fall back to without the kernel library).
       gemm: "auto" (the kernel library's packed GEMM everywhere; see compiler/lower.py),
@@ -253,11 +267,7 @@ class NativeProgram:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split == "auto":
-            lo, hi = PIPELINE_FLOPS
-            loop = step_flops(prog)
-            split = "pipeline" if (threads == 2 and lo <= loop < hi and pipe_plan(prog).streams
-                                   and step_flops(prog, ("pre", "post")) <=
-                                   PIPELINE_BALANCE * loop) else "cols"
+            split = "pipeline" if threads == 2 and pipeline_fits(prog) else "cols"
             self.split_mode = split
         if threads == 2 and split in ("cols", "pipeline") and (not library or gemm == "blas"):
             split = self.split_mode = "batch"   # the column split lives in the kernel library

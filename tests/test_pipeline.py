@@ -38,6 +38,22 @@ def test_plan_streams_the_hoisted_products():
     assert p.lookahead == 0 and p.chunk == -(-pipeline.CHUNK_ROWS // 3) and p.streams
 
 
+def test_plan_shares_the_input_gradient_only_while_nothing_else_touches_it():
+    prog = lstm_program(3, I, H)
+    p = pipeline.plan(prog)
+    # d_x = DG @ W_ih writes its own rows from the reverse loop's output: either thread may run
+    # a chunk; the weight-gradient sums and the bias colsums stay on the stream's thread
+    assert p.post_shared == (2,) and prog.post[2].out.buf == "d_x"
+    # once d_x reads what another streamed kernel writes (here a copy of DG made in post),
+    # neither may leave the stream's order
+    prog.buffers["DG2"] = replace(prog.buffers["DG"], name="DG2")
+    prog.post.insert(0, Fused("dg2", ((Ref("DG", "all"), "full"),), (),
+                              (("in0", Ref("DG2", "all")),)))
+    prog.post[3] = replace(prog.post[3], a=Ref("DG2", "all"))
+    p = pipeline.plan(prog)
+    assert {0, 3} <= set(p.post_stream) and p.post_shared == ()
+
+
 def test_plan_keeps_a_kernel_behind_an_earlier_one_it_conflicts_with():
     prog = lstm_program(3, I, H)
     # a non-streamable kernel first in post writing the bias gradient, which the (streamable)
@@ -120,13 +136,31 @@ def test_pipeline_float32_and_in_two_phases(small_chunks):
         assert_close(results(prog, got.get), want, 1e-4)
 
 
-def test_auto_split_picks_the_pipeline_for_mid_sized_steps(monkeypatch):
-    prog = lstm_program(8, I, H)   # 2 products of 8 x 37 x 148 per step: 175 kFLOP
+def test_pipeline_shared_chunks_survive_many_reruns(small_chunks):
+    # one step per chunk and many calls: the claims of both threads race on every call, and
+    # a chunk lost or run twice (d_x keeps the previous call's rows) shows as a wrong d_x
+    prog = PROGRAMS["lstm"](8, I, H, "float64")
+    native = NativeProgram(prog, threads=2, split="pipeline")
+    assert native.lowered.split == "pipeline"
+    for seed in range(12):
+        T = 17 + seed % 3
+        _, inputs = make_case("lstm", T, 8, I, H, "float64", seed=seed)
+        assert_close(results(prog, native.run(T, inputs).get), oracle(prog, T, inputs), 1e-10)
+
+
+def test_auto_split_picks_the_pipeline_when_the_threads_balance(monkeypatch):
+    prog = lstm_program(8, H, H)   # 2 products of 8 x 37 x 148 per step: 175 kFLOP
     assert NativeProgram(prog, threads=2).split_mode == "cols"
     monkeypatch.setattr(runtime_program, "PIPELINE_FLOPS", (100_000, 1_000_000))
+    # hoisted products twice the loops', a quarter of them shared (d_x): 1.5 : 1.5
+    assert runtime_program.pipeline_fits(prog)
     native = NativeProgram(prog, threads=2)
     assert native.split_mode == "pipeline" and native.threads == 2
-    _, inputs = make_case("lstm", 6, 8, I, H, seed=2)
+    _, inputs = make_case("lstm", 6, 8, H, H, seed=2)
     assert_close(results(prog, native.run(6, inputs).get), oracle(prog, 6, inputs), 1e-10)
     # the explicit column split keeps its floor: these halves run on one thread
     assert NativeProgram(prog, threads=2, split="cols").threads == 1
+    # a narrow input leaves the stream little to do beside the loops: 175 : 111 kFLOP
+    narrow = lstm_program(8, I, H)
+    assert not runtime_program.pipeline_fits(narrow)
+    assert NativeProgram(narrow, threads=2).split_mode == "cols"
