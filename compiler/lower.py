@@ -431,14 +431,18 @@ class _Codegen:
     def nchunks(self, b):
         return b.sdiv(b.add(self.T, i64(self.plan.chunk - 1)), i64(self.plan.chunk))
 
+    def run_chunk(self, b, stage, idx, stages, ci, t0, n):
+        """Run the stage's kernels idx on chunk ci: steps t0 .. t0+n-1."""
+        self.chunk = (t0, n, b.icmp_signed("==", ci, i64(0)))
+        for i in idx:
+            self.call(b, getattr(self.prog, stage)[i], stages[stage][i], None)
+        self.chunk = None
+
     def post_chunk(self, b, ci, idx, stages):
         """Run the post kernels idx on chunk ci: steps counted down from T, chunk 0 the latest."""
         t1 = b.sub(self.T, b.mul(ci, i64(self.plan.chunk)))
         n = smin(b, i64(self.plan.chunk), t1)
-        self.chunk = (b.sub(t1, n), n, b.icmp_signed("==", ci, i64(0)))
-        for i in idx:
-            self.call(b, self.prog.post[i], stages["post"][i], None)
-        self.chunk = None
+        self.run_chunk(b, "post", idx, stages, ci, b.sub(t1, n), n)
 
     def claim(self, b, claims, side):
         """Claim the next shared post chunk from one end: (claimed i1, chunk). One i64 word
@@ -500,10 +504,7 @@ class _Codegen:
             if stage == "pre":
                 t0 = b.mul(ci, i64(C))
                 n = smin(b, i64(C), b.sub(T, t0))
-                self.chunk = (t0, n, b.icmp_signed("==", ci, i64(0)))
-                for i in own:
-                    self.call(b, self.prog.pre[i], stages["pre"][i], None)
-                self.chunk = None
+                self.run_chunk(b, "pre", own, stages, ci, t0, n)
                 mt.publish(b, publish, b.add(t0, n))
                 return
             need = smin(b, T, b.mul(b.add(ci, i64(1)), i64(C)))  # steps the chunk needs done
