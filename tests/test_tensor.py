@@ -204,7 +204,8 @@ F32_OPS = [
        y=hnp.arrays(np.float32, (3, 4), elements=st.floats(0.25, 3, width=32)))
 def test_float32_forward_equals_numpy_float32(name, f, ref, x, y):
     out = f(leaf(x, np.float32), leaf(y, np.float32))
-    want = ref(x, y)
+    with np.errstate(invalid="ignore"):     # pow of a negative base: NaN on both sides
+        want = ref(x, y)
     assert out.dtype == np.float32 and want.dtype == np.float32
     np.testing.assert_array_equal(out.data, want)
     out.backward(np.ones(out.shape, np.float32))   # gradients stay float32 too
