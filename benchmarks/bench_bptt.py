@@ -164,8 +164,8 @@ def table(rows, peak1):
     return "\n".join(out)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, prog=None, parser=argparse.ArgumentParser):
+    ap = parser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
     ap.add_argument("--peers", nargs="+", default=PEER_ORDER, choices=PEER_ORDER)
@@ -196,8 +196,8 @@ def main(argv=None):
     text = table(rows, max(peaks))
     print(text)
     if not args.quick:
-        cmd = "python benchmarks/" + os.path.basename(__file__) + \
-            ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+        given = sys.argv[1:] if argv is None else list(argv)
+        cmd = " ".join([prog or "python benchmarks/" + os.path.basename(__file__)] + given)
         write_report(args.out, text, peaks, cmd)
     return 0
 

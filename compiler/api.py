@@ -8,6 +8,7 @@ never per time step).
 """
 from __future__ import annotations
 
+import numbers
 import time
 
 import numpy as np
@@ -255,13 +256,16 @@ class CompiledProgram(ReferenceProgram):
         from .program import _arr
         xs = _arr(xs)
         t_axis = 1 if self.builtin and self.model.batch_first else 0
-        if xs.ndim == 3 and xs.shape[t_axis] >= 1:
-            self.x_aval = AVal((xs.shape[t_axis],) + tuple(self.x_aval.shape[1:]),
-                               self.x_aval.dtype)
+        rest = list(self.x_aval.shape[1:])
+        if xs.ndim != 3 or xs.shape[t_axis] < 1:
+            want = rest[:1] + ["T"] + rest[1:] if t_axis else ["T"] + rest
+            raise ValueError(f"xs: shape {list(xs.shape)}, expected {want} with T >= 1 "
+                             f"(any sequence length)".replace("'", ""))
+        self.x_aval = AVal((xs.shape[t_axis],) + tuple(rest), self.x_aval.dtype)
         return super()._xs(xs)
 
     def vjp(self, xs, state0, d_out, d_state_T=None, _mode="train"):
-        self._mode = _mode
+        self._mode, self._begun = _mode, False      # vjp reuses the buffers begin() filled
         return super().vjp(xs, state0, d_out, d_state_T)
 
     def _record(self, xs, s0, d_sT):
@@ -280,11 +284,17 @@ class CompiledProgram(ReferenceProgram):
         self._mode = "train"
         out, finals = self._run_layers("train", xs, s0, self._state_leaves("d_state_T", d_state_T),
                                        keep_states=return_states)
+        self._begun = True
         return self._result(out, finals, xs.shape[0], return_states)
 
     def finish(self, d_out):
         """(param_grads, d_xs, d_state0) for the forward phase begin() ran."""
-        return self._reverse(self._d_out(d_out), None)
+        if not getattr(self, "_begun", False):
+            raise RuntimeError("finish: no forward phase to finish; call begin(xs, state0) "
+                               "first (one finish per begin; vjp in between replaces it)")
+        res = self._reverse(self._d_out(d_out), None)
+        self._begun = False
+        return res
 
     def step_adjoints(self, xs, state0, d_out, d_state_T=None):
         """{"l0", "l0_reverse", ...: (T, B, S)} gradients on the states s_1..s_T each layer's
@@ -355,7 +365,31 @@ def compile(model, seq_len, batch, **options):
     input_size= and state= (custom Recurrent), threads=1|2, split="auto"|"cols"|"batch"|
     "pipeline" (how two threads share the work; see runtime/program.py), unroll=False,
     backend="native"|"numpy", opt=3."""
+    _check_options(model, seq_len, batch, options)
     if hasattr(model, "head_loss") and hasattr(model, "rnn"):
         from .training import TrainingProgram
         return TrainingProgram(model, seq_len, batch, **options)
     return CompiledProgram(model, seq_len, batch, **options)
+
+
+OPTIONS = ("dtype", "input_size", "state", "threads", "split", "unroll", "backend", "opt",
+           "keep_dumps")
+
+
+def _check_options(model, seq_len, batch, options):
+    """compile()'s arguments, checked before any tracing, each error naming the argument."""
+    if not callable(getattr(model, "parameters", None)):
+        raise TypeError(f"compile: model must be a graphgrad model (gg.RNN/LSTM/GRU, "
+                        f"gg.Recurrent or a task model such as gg.LanguageModel), got "
+                        f"{type(model).__name__}")
+    for name, v in (("seq_len", seq_len), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"compile: {name} must be a positive int, got {v!r}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"compile: unknown option(s) {', '.join(unknown)}; the options are "
+                        f"{', '.join(OPTIONS)}")
+    if options.get("opt", 3) not in (0, 1, 2, 3) or isinstance(options.get("opt"), bool):
+        raise ValueError(f"compile: opt must be 0, 1, 2 or 3, got {options['opt']!r}")
+    if not isinstance(options.get("unroll", False), bool):
+        raise ValueError(f"compile: unroll must be True or False, got {options['unroll']!r}")

@@ -42,6 +42,15 @@ def _arr(v):
     return v.data if isinstance(v, Tensor) else np.asarray(v)
 
 
+def _structure(tree):
+    """'one array', 'a tuple of 2 arrays (h, c)', ... for a flatten() tree."""
+    if tree is None:
+        return "one array"
+    if isinstance(tree, tuple) and all(t is None for t in tree):
+        return f"a tuple of {len(tree)} arrays" + (" (h, c)" if len(tree) == 2 else "")
+    return f"the structure {tree} (None is one array)"
+
+
 def _check(what, v, aval):
     v = _arr(v)
     if tuple(v.shape) != tuple(aval.shape):
@@ -79,9 +88,16 @@ class ReferenceProgram:
             if input_size is None or state is None:
                 raise ValueError("reference_program: a custom Recurrent needs input_size= and "
                                  "state= (an example initial state: array or tuple of arrays)")
-            self.dtype = np.dtype(dtype or next(iter(model.params.values())).dtype)
             rows = [[model]]
             leaves, self.tree = flatten(state)
+            first = next(iter(model.params.values()), None)   # a step may have no parameters
+            self.dtype = np.dtype(dtype or (first.dtype if first is not None
+                                            else _arr(leaves[0]).dtype))
+            for i, leaf in enumerate(leaves):
+                if np.ndim(_arr(leaf)) < 1 or np.shape(_arr(leaf))[0] != self.B:
+                    raise ValueError(f"compile: state= leaf {i} has shape "
+                                     f"{list(np.shape(_arr(leaf)))}, but batch={self.B}: an "
+                                     f"example state has the batch as its first axis")
             s_avals = unflatten(self.tree, [to_aval(_arr(s)) for s in leaves])
             x_avals = [AVal((self.B, int(input_size)), self.dtype)]
             self.x_aval = AVal((self.T, self.B, int(input_size)), self.dtype)
@@ -109,7 +125,9 @@ class ReferenceProgram:
             return [np.zeros(a.shape, a.dtype) for a in self._state_leaf_avals()]
         leaves, tree = flatten(s)
         if tree != self.tree:
-            raise TypeError(f"{what}: structure {tree}, expected {self.tree} (None is one array)")
+            shapes = ", ".join(str(list(np.shape(_arr(v)))) for v in leaves)
+            raise TypeError(f"{what}: wrong structure: expected {_structure(self.tree)}, got "
+                            f"{_structure(tree)} (shapes {shapes})")
         return [_check(f"{what}[{i}]", v, a)
                 for i, (v, a) in enumerate(zip(leaves, self._state_leaf_avals()))]
 

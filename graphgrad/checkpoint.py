@@ -126,7 +126,8 @@ def load(path):
         with np.load(path, allow_pickle=False) as z:
             # read everything now: CRC errors in a damaged archive surface here
             arrays = {k: z[k] for k in z.files}
-        header = json.loads(str(arrays.pop("__header__")))
+        raw = arrays.pop("__header__", None)   # None: a sound .npz some other program wrote
+        header = None if raw is None else json.loads(str(raw))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
         raise ValueError(f"checkpoint {path} is corrupt or truncated "
                          f"({type(e).__name__}: {e})") from e

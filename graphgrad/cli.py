@@ -1,10 +1,15 @@
-"""The `graphgrad` command line. Each subcommand registers a parser and a function here."""
+"""graphgrad: exact gradients through time, native BPTT programs and gradient-flow views for RNNs.
+
+The `graphgrad` command line: each subcommand registers its parser and function here.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 import numpy as np
+
+from graphgrad.commands.common import Parser
 
 COMMANDS = {}
 
@@ -44,18 +49,11 @@ def _register_subcommands():
 _register_subcommands()
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments give one line on stderr (no usage block) and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser():
-    parser = _Parser(prog="graphgrad", description=__doc__.splitlines()[0])
+    parser = Parser(prog="graphgrad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help, add_help=name != "flow")
+        p = sub.add_parser(name, help=help, description=help, add_help=name not in ("flow", "bench"))
         PARSERS.get(name, lambda p: None)(p)
     return parser
 
@@ -65,11 +63,19 @@ def main(argv=None):
     if argv[:1] == ["flow"]:   # its own parser, so `graphgrad flow --help` shows flow's options
         from graphgrad.flow.cli import main as flow_main
         return flow_main(argv[1:])
+    if argv[:1] == ["bench"]:  # the same for the benchmark script's options
+        from graphgrad.commands.bench import main as bench_main
+        return _guarded("bench", lambda: bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
+    return _guarded(args.command, lambda: COMMANDS[args.command][1](args))
+
+
+def _guarded(name, run):
+    """run() with the errors a user can cause reported on one line (exit 2; Ctrl-C 130)."""
     try:
-        return COMMANDS[args.command][1](args) or 0
+        return run() or 0
     except (ValueError, TypeError, KeyError, OSError, IndexError) as e:
-        print(f"graphgrad {args.command}: error: {e}", file=sys.stderr)
+        print(f"graphgrad {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -40,7 +40,7 @@ class CharVocab:
             bad = sorted({c for c in text if c not in self.index})
             raise ValueError(f"CharVocab.encode: character {text[pos]!r} at position {pos} is not "
                              f"in the vocabulary (unknown: {''.join(bad)[:40]!r}); build the "
-                             "vocabulary from this text too or pass unk=")
+                             "vocabulary from this text too or give CharVocab an unk= character")
         return np.array(ids, dtype=np.int64)
 
     def decode(self, ids):

@@ -58,6 +58,11 @@ def _as_named(inputs):
     return [(f"arg{i}", v) for i, v in enumerate(inputs)]
 
 
+def _check_eps(who, eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"{who}: eps must be a step in (0, 1), got {eps!r}")
+
+
 def _scalarize(out, proj):
     """Reduce a non-scalar output to <out, proj> with a fixed random projection."""
     if out.size == 1:
@@ -72,6 +77,7 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
     `inputs`: list or dict of float64 arrays. A non-scalar output is projected onto a fixed
     random tensor first, so every output entry takes part.
     """
+    _check_eps("gradcheck", eps)
     named = _as_named(inputs)
     arrays = []
     for name, v in named:
@@ -85,6 +91,9 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
         else (lambda ts: fn(*ts))
     with no_grad():
         probe = call([Tensor(a) for a in arrays])
+    if not isinstance(probe, Tensor):
+        raise TypeError(f"gradcheck: fn must return a graphgrad Tensor (built from the Tensors it "
+                        f"is given, so the tape sees it), got {type(probe).__name__}")
     proj = rng.standard_normal(probe.shape)
 
     ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
@@ -110,6 +119,7 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
     The model's first output is projected onto a fixed random tensor; parameters are perturbed in
     place (and restored), so any Module works without re-plumbing its parameters.
     """
+    _check_eps("gradcheck_model", eps)
     params = model.parameters()
     for k, p in params.items():
         if p.data.dtype != np.float64:

@@ -1,6 +1,8 @@
 """Heads and whole task models: many-to-many language models, many-to-one classifiers, sampling."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .core import Tensor, no_grad
@@ -77,6 +79,7 @@ class LanguageModel(Module):
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"LanguageModel: token ids must be integers, got {ids.dtype}")
+        _check_ids("LanguageModel: input ids", ids, self.vocab_size)
         if self.embedding is not None:
             return embedding(self.embedding, ids)
         return one_hot(ids, self.vocab_size, self.dtype)
@@ -92,7 +95,9 @@ class LanguageModel(Module):
 
     def head_loss(self, out, targets):
         """The loss from the recurrent outputs (T, B, H): what follows the recurrence."""
-        return cross_entropy(self.head(out), np.asarray(targets))
+        targets = np.asarray(targets)
+        _check_ids("LanguageModel: targets", targets, self.vocab_size)
+        return cross_entropy(self.head(out), targets)
 
     def init_state(self, batch):
         return self.rnn.init_state(batch)
@@ -159,10 +164,24 @@ class SequenceRegressor(SequenceClassifier):
     def head_loss(self, out, targets):
         from .functional import mse
         pred = self.head(getitem(out, -1))
-        return mse(pred, np.asarray(targets, dtype=pred.dtype).reshape(pred.shape))
+        t = np.asarray(targets)
+        if t.dtype.kind == "f" and t.dtype != pred.dtype:
+            raise TypeError(f"SequenceRegressor: targets are {t.dtype}, the model is "
+                            f"{pred.dtype}; pass targets.astype(np.{pred.dtype}) (no silent "
+                            f"casts)")
+        if t.size != pred.size:
+            raise ValueError(f"SequenceRegressor: targets {list(t.shape)} must hold one value per "
+                             f"batch row and output, i.e. {list(pred.shape)}")
+        return mse(pred, t.astype(pred.dtype).reshape(pred.shape))
+
+
+def _check_ids(what, ids, size):
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise IndexError(f"{what} must lie in [0, {size}), got min {ids.min()} max {ids.max()}")
 
 
 def perplexity(mean_cross_entropy):
-    """exp of the mean per-token cross-entropy (in nats)."""
+    """exp of the mean per-token cross-entropy (in nats); inf once that overflows (a diverging
+    run), without numpy's overflow warning."""
     v = mean_cross_entropy.item() if isinstance(mean_cross_entropy, Tensor) else mean_cross_entropy
-    return float(np.exp(v))
+    return math.exp(v) if v < 709.0 else math.inf

@@ -42,8 +42,9 @@ class Recurrent(Module):
 
     def __call__(self, xs, state0):
         xs = _tensor(xs)
-        if xs.ndim < 2:
-            raise ValueError(f"Recurrent: inputs must be (T, B, features), got {list(xs.shape)}")
+        if xs.ndim < 2 or xs.shape[0] < 1:
+            raise ValueError(f"Recurrent: inputs must be (T >= 1, B, features), got "
+                             f"{list(xs.shape)}")
         state = _map_state(state0, _tensor)
         ys = [None] * xs.shape[0]
         order = range(xs.shape[0] - 1, -1, -1) if self.reverse else range(xs.shape[0])
@@ -123,18 +124,23 @@ class _SequenceModel(Module):
 
     def __call__(self, xs, state0=None):
         xs = _tensor(xs, self.dtype)
-        if xs.ndim != 3 or xs.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: input must be (T, B, {self.input_size})"
-                             f"{' with batch_first' if self.batch_first else ''}, got "
+        t_axis = 1 if self.batch_first else 0
+        if xs.ndim != 3 or xs.shape[-1] != self.input_size or xs.shape[t_axis] < 1:
+            want = f"(B, T, {self.input_size}) (batch_first)" if self.batch_first else \
+                f"(T, B, {self.input_size})"
+            raise ValueError(f"{type(self).__name__}: input must be {want} with T >= 1, got "
                              f"{list(xs.shape)}")
         if self.batch_first:
             xs = xs.transpose((1, 0, 2))
         batch = xs.shape[1]
         if state0 is None:
             state0 = self.init_state(batch)
-        if (self.mode == "lstm") != isinstance(state0, tuple):
+        if (self.mode == "lstm") != isinstance(state0, tuple) or \
+                (isinstance(state0, tuple) and len(state0) != 2):
+            got = f"a tuple of {len(state0)}" if isinstance(state0, tuple) else "one array"
             raise TypeError(f"{type(self).__name__}: initial state must be "
-                            f"{'a tuple (h0, c0)' if self.mode == 'lstm' else 'one array h0'}")
+                            f"{'a tuple (h0, c0)' if self.mode == 'lstm' else 'one array h0'}"
+                            f", got {got}")
         state0 = _map_state(state0, lambda s: _tensor(s, self.dtype))
         self._check_state(state0, batch)
         finals, layer_in = [], xs

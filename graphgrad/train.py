@@ -9,14 +9,14 @@ The trainer never computes gradients itself. It asks a *backend* for one TBPTT w
     backend.lm_eval(model, inputs, targets, state0) -> (sum of cross-entropies, count, state)
     backend.loss_and_grads(model, *batch) -> (loss, grads)   for any model with .loss(*batch)
 
-`TapeBackend` is the reference (the eager tape). `CompiledBackend` will run the same contract on
-`compiler.compile(...)` programs; until the lead fills it in it reports itself unavailable, and
-`get_backend("auto")` falls back to the tape rather than pretending.
+`TapeBackend` is the reference (the eager tape). `CompiledBackend` runs the same contract on
+`compiler.compile(...)` programs (the recurrence natively, head and loss on the tape);
+`get_backend("auto")` picks it whenever the compiler imports.
 
 Truncated BPTT(k1, k2), after Williams & Peng (1990): the stream is processed in updates of k1 new
-steps. Update n owns the new steps [mid, end) = [(n-1)k1, min(n k1, N)) and its window is
-[start, end) with start = max(0, mid - (k2 - k1)), i.e. k2 steps back from the nominal chunk end
-n k1 (only a short last chunk ends earlier). The window is run forward from the carried state at
+steps. Update n (from 0) owns the new steps [mid, end) = [n k1, min((n+1) k1, N)) and its window
+is [start, end) with start = max(0, mid - (k2 - k1)), i.e. k2 steps back from the nominal chunk
+end mid + k1 (only a short last chunk ends earlier). The window is run forward from the carried state at
 `start`, detached there; the loss is the mean cross-entropy of the *new* steps only (earlier
 steps of the window were scored by earlier updates), so the newest step backpropagates k2 steps
 and the oldest new step k2 - k1 + 1 steps. The carried state at time t is the one computed by
@@ -36,7 +36,7 @@ import numpy as np
 from . import checkpoint, init, optim
 from .core import Tensor, no_grad
 from .functional import cross_entropy
-from .heads import LanguageModel
+from .heads import LanguageModel, perplexity
 
 
 # ---------------------------------------------------------------- small helpers
@@ -308,7 +308,13 @@ class StepReport:
 
     @property
     def perplexity(self):
-        return float(np.exp(self.loss))
+        return perplexity(self.loss)
+
+
+def _leaves(state):
+    return [x for s in state for x in _leaves(s)] if isinstance(state, (tuple, list)) else [state]
+
+
 
 
 class Trainer:
@@ -348,6 +354,10 @@ class Trainer:
             raise ValueError(f"run_epoch: streams must be (N >= 2, B) ids, got {streams.shape}")
         sched = tbptt_schedule(streams.shape[0] - 1, self.k1, self.k2, self.drop_last)
         starts = [s for s, _, _ in sched]
+        carried = self.carried_batch()
+        if carried not in (None, streams.shape[1]):
+            raise ValueError(f"run_epoch: the carried state has batch {carried} (a checkpoint "
+                             f"saved mid-epoch?) but the streams have batch {streams.shape[1]}")
         while self.update < len(sched):
             start, mid, end = sched[self.update]
             t0 = time.perf_counter()
@@ -367,6 +377,12 @@ class Trainer:
                              time.perf_counter() - t0)
         self.epoch += 1
         self.update, self.states = 0, {0: None}
+
+    def carried_batch(self):
+        """The batch size of the states carried into the rest of this epoch (None: none yet)."""
+        rows = {np.shape(a)[-2] for st in self.states.values() if st is not None
+                for a in _leaves(st)}
+        return max(rows) if rows else None
 
     def evaluate(self, streams, chunk=None):
         """Mean cross-entropy over all predictions in (N, B) streams, state carried throughout."""

@@ -69,6 +69,47 @@ def test_resume_continues_the_run(trained):
     one_line_error(other, "cannot load optimizer state saved by 'Adam'")
 
 
+def test_resume_options(trained):
+    """--lr on resume replaces the checkpoint's (and says so); a finished run says there is
+    nothing to train; a mid-epoch checkpoint refuses another --batch, naming it."""
+    d, _ = trained
+    import shutil
+    shutil.copy(d / "ck.npz", d / "ck3.npz")
+    common = ["--text", "corpus.txt", "--hidden", 16, "--k1", 10, "--k2", 14, "--checkpoint",
+              "ck3.npz", "--resume"]
+    done = gg("train", *common, "--batch", 8, cwd=d)          # 2 epochs done, --epochs 1
+    assert done.returncode == 0, done.stderr
+    assert "nothing to train" in done.stdout and "saved checkpoint" not in done.stdout
+    r = gg("train", *common, "--batch", 8, "--epochs", 3, "--max-steps", 50, "--lr", 0.05,
+           cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "learning rate 0.05 (the checkpoint's was 0.02)" in r.stdout
+    assert "adam lr 0.05" in r.stdout and "(step 50, end of training)" in r.stdout
+    one_line_error(gg("train", *common, "--batch", 4, "--epochs", 3, cwd=d),
+                   "stopped mid-epoch with batch 8", "--batch 8")
+
+
+def test_a_diverging_run_ends_with_a_checkpoint(tmp_path):
+    """A huge learning rate gives a huge but finite loss: perplexity is inf, no crash, and the
+    final checkpoint is written."""
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    r = gg("train", "--text", "corpus.txt", "--hidden", 8, "--k1", 6, "--batch", 4, "--optim",
+           "sgd", "--lr", 1e6, "--no-clip", "--max-steps", 20, "--checkpoint", "div.npz",
+           cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "perplexity inf" in r.stdout and (tmp_path / "div.npz").exists()
+
+
+def test_model_files_import_their_neighbours(tmp_path):
+    (tmp_path / "helpers.py").write_text("import graphgrad as gg, numpy as np\n"
+                                         "def make():\n    return gg.GRU(2, 3, dtype=np.float64)\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "uses.py").write_text("from helpers import make\n")
+    r = gg("gradcheck", "--model", str(tmp_path / "uses.py") + ":make", "--T", 2,
+           cwd=tmp_path / "models")
+    assert r.returncode == 0 and r.stdout.rstrip().splitlines()[-1].startswith("ok"), r.stderr
+
+
 def test_sample_from_checkpoint(trained):
     d, _ = trained
     r = gg("sample", "ck.npz", "--prefix", "hello", "-n", 40, "--temperature", 0.5, 1.5, cwd=d)
@@ -78,7 +119,8 @@ def test_sample_from_checkpoint(trained):
     assert len(out[1]) == 45 and "--- temperature 1.5 ---" in out
     again = gg("sample", "ck.npz", "--prefix", "hello", "-n", 40, "--temperature", 0.5, cwd=d)
     assert again.stdout.splitlines()[0] == out[1]      # same seed, same text
-    one_line_error(gg("sample", "ck.npz", "--prefix", "HELLO", cwd=d), "'H'", "not in the vocab")
+    one_line_error(gg("sample", "ck.npz", "--prefix", "HELLO", cwd=d),
+                   "--prefix has characters the model never saw in training: 'EHLO'")
     one_line_error(gg("sample", "ck.npz", "--temperature", 0, cwd=d), "--temperature")
 
 
@@ -130,8 +172,12 @@ def test_gradcheck_builtin_and_custom(tmp_path):
     (["train", "--checkpoint", "no/such/dir/ck.npz"], ["directory does not exist"]),
     (["train", "--text", "short.txt", "--forget-bias", "1", "--cell", "gru"], ["too few"]),
     (["sample", "corrupt.npz"], ["corrupt"]),
+    (["sample", "other.npz"], ["other.npz is not a graphgrad checkpoint"]),
     (["sample"], ["required: checkpoint"]),
     (["bogus"], ["invalid choice"]),
+    (["bench", "--bogus"], ["graphgrad bench: error:", "--bogus"]),
+    (["bench", "--", "--cells", "cnn"], ["graphgrad bench: error:", "invalid choice: 'cnn'"]),
+    (["demo", "--batch", "100000", "--steps", "1"], ["--batch 100000", "--seq-len"]),
     ([], ["required: COMMAND"]),
 ])
 def test_bad_arguments_and_files(tmp_path, args, words):
@@ -139,6 +185,7 @@ def test_bad_arguments_and_files(tmp_path, args, words):
     (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02")
     (tmp_path / "short.txt").write_text("abc")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
     one_line_error(gg(*args, cwd=tmp_path), *words)
 
 
@@ -158,7 +205,8 @@ def test_train_backends_agree(tmp_path):
 
 
 def test_help_for_every_command(tmp_path):
-    for cmd in ("train", "sample", "gradcheck"):
+    for cmd in ("train", "sample", "gradcheck", "compile", "demo", "bench", "flow"):
         r = gg(cmd, "--help", cwd=tmp_path)
-        assert r.returncode == 0 and r.stdout.startswith("usage: graphgrad " + cmd)
+        assert r.returncode == 0 and r.stdout.startswith("usage: graphgrad " + cmd), r.stderr
+    assert "--quick" in gg("bench", "--help", cwd=tmp_path).stdout
     assert "--k2" in gg("train", "--help", cwd=tmp_path).stdout

@@ -116,6 +116,21 @@ def test_compile_command_dumps():
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def test_compile_command_refuses_built_in_options_with_a_model_file(tmp_path):
+    (tmp_path / "m.py").write_text("import graphgrad as gg, numpy as np\n"
+                                   "def f64():\n    return gg.GRU(4, 8, dtype=np.float64)\n"
+                                   "def three():\n    return 1, 2, 3\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "graphgrad.cli", "compile",  # noqa
+                                     "--model", *a], capture_output=True, text=True,
+                                    timeout=120, cwd=tmp_path)
+    r = run("m.py:f64", "--dtype", "float32", "--layers", "2")
+    assert r.returncode == 2 and "--layers, --dtype describe the built-in --cell" in r.stderr
+    r = run("m.py:three")
+    assert r.returncode == 2 and "(model, example_state), got a tuple of 3" in r.stderr
+    r = run("m.py:f64", "--T", "3", "--batch", "2", "--input", "4")
+    assert r.returncode == 0 and "fwd_loop" in r.stdout, r.stderr
+
+
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_begin_finish_is_vjp_without_a_second_forward(backend):
     m = gg.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64)
@@ -177,3 +192,60 @@ def test_backward_phase_needs_the_forward_phase():
     prog = compiler.compile(gg.RNN(2, 3, dtype=np.float64), 4, 2).programs()[0].program
     with pytest.raises(RuntimeError, match="run phase='fwd' first"):
         NativeProgram(prog).run(4, {}, phase="bwd")
+
+
+def _lstm_prog(T=6, B=3):
+    return compiler.compile(gg.LSTM(4, 5), seq_len=T, batch=B)
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: compiler.compile(object(), 6, 3), TypeError, "model must be a graphgrad model"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 2.5), ValueError, "batch must be a positive int"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), "6", 3), ValueError, "seq_len must be a positive"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, opt=7), ValueError, "opt must be 0, 1, 2"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, unroll="yes"), ValueError, "unroll must be"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, thread=2), TypeError, "unknown option"),
+    (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}), 6, 2, input_size=4,
+                              state=np.zeros((3, 5))), ValueError, r"state= leaf 0 has shape"),
+    (lambda: _lstm_prog().finish(np.ones((6, 3, 5), np.float32)), RuntimeError,
+     "call begin"),
+    (lambda: _lstm_prog().forward(np.ones((6, 3, 4), np.float32), np.zeros((1, 3, 5),
+                                                                          np.float32)),
+     TypeError, r"expected a tuple of 2 arrays \(h, c\), got one array"),
+    (lambda: _lstm_prog().forward(np.ones((0, 3, 4), np.float32)), ValueError,
+     r"expected \[T, 3, 4\] with T >= 1"),
+])
+def test_compile_and_program_argument_errors(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def test_finish_needs_its_own_begin():
+    """One finish per begin: a vjp in between reuses the buffers begin() filled."""
+    prog = _lstm_prog()
+    xs, d_out = np.ones((6, 3, 4), np.float32), np.ones((6, 3, 5), np.float32)
+    prog.begin(xs)
+    prog.finish(d_out)
+    with pytest.raises(RuntimeError, match="call begin"):
+        prog.finish(d_out)
+    prog.begin(xs)
+    prog.vjp(xs, None, d_out)
+    with pytest.raises(RuntimeError, match="call begin"):
+        prog.finish(d_out)
+
+
+def test_task_model_targets_are_checked():
+    reg = compiler.compile(gg.SequenceRegressor(4, 5), seq_len=6, batch=3)
+    xs = np.zeros((6, 3, 4), np.float32)
+    with pytest.raises(TypeError, match="targets are float64, the model is float32"):
+        reg.value_and_grad(xs, np.zeros(3), None)
+    with pytest.raises(ValueError, match=r"targets \[2\] must hold one value per batch row"):
+        reg.value_and_grad(xs, np.zeros(2, np.float32), None)
+    loss, _ = reg.value_and_grad(xs, np.array([1, 2, 3]), None)[:2]    # integers: exact
+    assert np.isfinite(loss)
+    lm = compiler.compile(gg.LanguageModel(10, 8), seq_len=6, batch=3)
+    ids = np.zeros((6, 3), np.int64)
+    with pytest.raises(IndexError, match=r"input ids must lie in \[0, 10\)"):
+        lm.value_and_grad(ids + 12, ids, None)
+    with pytest.raises(IndexError, match=r"targets must lie in \[0, 10\)"):
+        lm.value_and_grad(ids, ids - 1, None)

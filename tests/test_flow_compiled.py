@@ -46,3 +46,32 @@ def test_step_adjoints_equal_retained_tape_gradients():
     (out * d_out).sum().backward()
     adj = compiler.compile(m, 6, 3, backend="numpy").step_adjoints(xs, m.init_state(3), d_out)
     np.testing.assert_allclose(adj["l0"], np.stack([h.grad for h in hs]), rtol=1e-12, atol=1e-14)
+
+
+def test_from_compiled_needs_the_programs_model():
+    m = gg.LSTM(3, 4, dtype=np.float64)
+    prog = compiler.compile(m, seq_len=5, batch=1)
+    xs, d_out = np.random.default_rng(0).standard_normal((5, 1, 3)), np.ones((5, 1, 4))
+    other = gg.LSTM(3, 4, dtype=np.float64, seed=5)
+    with pytest.raises(ValueError, match="not the model `prog` was compiled from"):
+        flow.from_compiled(prog, other, xs, None, d_out)
+    twin = gg.LSTM(3, 4, dtype=np.float64)          # same seed: same weights, so accepted
+    assert flow.check(flow.from_compiled(prog, twin, xs, None, d_out))["grads"] < 1e-10
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda m, xs: flow.from_tape(m, xs, loss="mean"), ValueError, "loss must be 'last', 'all'"),
+    (lambda m, xs: flow.from_tape(m, xs, loss=3), TypeError, "loss must be"),
+    (lambda m, xs: flow.from_tape(m, np.full(xs.shape, np.nan)), ValueError, "NaN or inf"),
+    (lambda m, xs: flow.from_tape(m, xs[:0]), ValueError, "T >= 1"),
+    (lambda m, xs: flow.from_tape(m, xs, state0=np.zeros((1, 1, 4))), TypeError,
+     r"a tuple \(h0, c0\)"),
+    (lambda m, xs: flow.from_tape(m, xs, state0=(np.zeros((1, 2, 4)),) * 2), ValueError,
+     r"initial state has shape \[1, 2, 4\]"),
+    (lambda m, xs: flow.from_adjoints(m, xs, None, np.ones((10, 1, 4)), np.ones((1, 1, 4))),
+     ValueError, "d_final has shapes"),
+])
+def test_flow_argument_errors(call, exc, words):
+    m = gg.LSTM(3, 4, dtype=np.float64)
+    with pytest.raises(exc, match=words):
+        call(m, np.random.default_rng(1).standard_normal((10, 1, 3)))

@@ -95,3 +95,61 @@ def test_cli_custom_model_file(tmp_path, capsys):
               "--no-plots"])
     text = capsys.readouterr().out
     assert "mycell.py" in text and "sum err" in text
+
+
+def test_cli_custom_model_with_a_fixed_initial_state(tmp_path, capsys):
+    """docs/flow.md's tuple form with an array as init_state: used when its batch matches
+    --batch, a one-line error naming --batch when it does not."""
+    src = tmp_path / "fixed.py"
+    src.write_text(
+        "import numpy as np, graphgrad as gg\n"
+        "def step(p, x, h):\n"
+        "    h = gg.tanh(x @ p['Wx'] + h @ p['Wh'])\n"
+        "    return h, h\n"
+        "def build(hidden, seed, init_scale):\n"
+        "    r = np.random.default_rng(seed)\n"
+        "    p = {'Wx': r.standard_normal((3, hidden)) * 0.5, 'Wh': init_scale * np.eye(hidden)}\n"
+        "    return gg.Recurrent(step, p), 3, np.full((1, hidden), 0.1)\n")
+    assert cli.main(["--cell", "", "--model", str(src), "--T", "12", "--hidden", "4",
+                     "--no-plots"]) == 0
+    assert "fixed.py" in capsys.readouterr().out
+    assert cli.main(["--cell", "", "--model", f"{src}:build", "--T", "12", "--hidden", "4",
+                     "--batch", "2", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "init_state has shape [1, 4]" in err[0] and "--batch 2" in err[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--T", "0"], ["--T", "positive integer"]),
+    (["--hidden", "-1"], ["--hidden", "positive integer"]),
+    (["--forget-bias", "abc"], ["--forget-bias", "finite number"]),
+    (["--init-scale", "nan"], ["--init-scale"]),
+    (["--cell", "rnn", "--forget-bias", "1"], ["applies to the lstm and gru cells only"]),
+    (["--cell", "lstm,cnn"], ["unknown cell 'cnn'"]),
+    (["--model", "missing.py"], ["model file not found: missing.py"]),
+    (["--model", "mycell.py:nope"], ["has no function 'nope'"]),
+    (["--model", "mycell.py:wrong"], ["build must return a model"]),
+    (["--model", "mycell.py:raises"], ["raised RuntimeError: boom"]),
+])
+def test_cli_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mycell.py").write_text(
+        "def wrong(hidden, seed, init_scale):\n    return 1, 2\n"
+        "def raises(hidden, seed, init_scale):\n    raise RuntimeError('boom')\n")
+    try:
+        rc = cli.main(["--T", "5", "--no-plots"] + args)
+    except SystemExit as e:      # argparse's own refusals
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("graphgrad flow: error:"), err
+    for w in words:
+        assert w in err[0], err[0]
+
+
+def test_cli_unwritable_out_fails_before_the_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["--cell", "rnn", "--T", "5", "--out", str(blocker / "plots")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "graphgrad flow: error:" in captured.err

@@ -261,6 +261,19 @@ def test_float32_model_keeps_float32():
         m(np.ones((2, 1, 3)))                      # float64 input to a float32 model
 
 
+def test_bad_states_and_empty_sequences_are_named():
+    lstm, rnn = gg.LSTM(3, 4), gg.RNN(3, 4)
+    xs, h = np.ones((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32)
+    with pytest.raises(TypeError, match=r"a tuple \(h0, c0\), got a tuple of 3"):
+        lstm(xs, (h, h, h))
+    with pytest.raises(TypeError, match="one array h0, got a tuple of 2"):
+        rnn(xs, (h, h))
+    with pytest.raises(ValueError, match=r"\(T, B, 3\) with T >= 1, got \[0, 1, 3\]"):
+        lstm(np.ones((0, 1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"T >= 1"):
+        gg.Recurrent(lambda p, x, h: (h, h), {})(np.ones((0, 1, 3)), np.zeros((1, 4)))
+
+
 # ---------------------------------------------------------------- cells
 CELLS = {"RNNCell tanh": (lambda I, H, bias: gg.RNNCell(I, H, nonlinearity="tanh", bias=bias,
                                                         dtype=np.float64),

@@ -264,6 +264,15 @@ def test_case_tables_cover_the_primitive_table():
     assert set(DIFFERENTIABLE) | set(NON_DIFFERENTIABLE) == set(gg.PRIMITIVES)
 
 
+def test_gradcheck_argument_errors():
+    with pytest.raises(ValueError, match=r"eps must be a step in \(0, 1\)"):
+        gg.gradcheck(gg.tanh, [np.ones(3)], eps=0)
+    with pytest.raises(ValueError, match="gradcheck_model: eps"):
+        gg.gradcheck_model(gg.RNN(2, 2, dtype=np.float64), np.ones((2, 1, 2)), eps=-1e-6)
+    with pytest.raises(TypeError, match="must return a graphgrad Tensor"):
+        gg.gradcheck(lambda a: np.tanh(a.data).sum(), [np.ones(3)])
+
+
 def test_gradcheck_catches_a_wrong_vjp(monkeypatch):
     # The harness above must be able to fail: a tanh VJP off by the factor (1 + a) is caught.
     monkeypatch.setattr(gg.PRIMITIVES["tanh"], "vjps", (lambda g, a, x: g * (1.0 - a),))

@@ -1,5 +1,16 @@
-"""Argument types shared by the subcommands: argparse reports their errors on one line."""
+"""Argument types and --model loading shared by the subcommands; every error is one line."""
 import argparse
+import importlib.util
+import math
+import os
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments give one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _number(convert, ok, what):
@@ -18,6 +29,38 @@ def _number(convert, ok, what):
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+finite_float = _number(float, math.isfinite, "a finite number")
+
+
+def load_function(spec, default=None):
+    """'path/to/file.py:name' -> the callable, with one-line errors for every way it can fail.
+
+    The file's directory goes on sys.path first, as `python file.py` would put it, so a model
+    file can import its neighbours. `default` names the function when spec has no ':name'.
+    """
+    path, sep, name = spec.rpartition(":")
+    if not sep and default:
+        path, name = spec, default
+    if not path or not name:
+        raise ValueError(f"--model must look like file.py:function, got {spec!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    mod_spec = importlib.util.spec_from_file_location(f"_gg_user_{abs(hash(path))}", path)
+    if mod_spec is None:
+        raise ValueError(f"cannot import {path} (is it a .py file?)")
+    here = os.path.dirname(os.path.abspath(path))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it on one line, whatever it raised
+        raise ValueError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"{path} has no function {name!r}")
+    return fn
 
 
 def add_model_arguments(p, model_help, T, batch, input, hidden):

@@ -13,9 +13,10 @@ DUMPS = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pa
 def add_arguments(p):
     add_model_arguments(p, "a function returning (model, example_state) for a custom "
                            "Recurrent, or a built-in model", T=100, batch=8, input=32, hidden=64)
-    p.add_argument("--layers", type=positive_int, default=1)
-    p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    # None = not given: these describe the built-in --cell; a --model file sets its own
+    p.add_argument("--layers", type=positive_int, help="stacked layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", default=None)
+    p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument("--threads", type=int, default=1, choices=[1, 2])
     p.add_argument("--dump", default="report", choices=DUMPS,
                    help="ir = the joint graph after all graph passes; report = fusion report "
@@ -25,10 +26,18 @@ def add_arguments(p):
 def run(args):
     import compiler
     import graphgrad as gg
-    from .gradcheck import load_function
+    from .common import load_function
     kw = {}
     if args.model:
+        given = [f"--{k}" for k in ("layers", "bidirectional", "dtype")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} describe the built-in --cell; the model "
+                             f"{args.model} returns is compiled as it is")
         made = load_function(args.model)()
+        if isinstance(made, tuple) and len(made) != 2:
+            raise ValueError(f"{args.model} must return a model or (model, example_state), got "
+                             f"a tuple of {len(made)}")
         model, state = made if isinstance(made, tuple) else (made, None)
         if isinstance(model, gg.Recurrent):
             if state is None:
@@ -41,8 +50,9 @@ def run(args):
                                  f"{args.batch}")
             kw = {"input_size": args.input, "state": state}
     else:
-        model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers,
-                            bidirectional=args.bidirectional, dtype=np.dtype(args.dtype))
+        model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers or 1,
+                            bidirectional=bool(args.bidirectional),
+                            dtype=np.dtype(args.dtype or "float32"))
     prog = compiler.compile(model, args.T, args.batch, threads=args.threads, keep_dumps=True,
                             **kw)
     if args.dump == "report":

@@ -4,19 +4,23 @@ import time
 
 import numpy as np
 
-from .common import positive_int
+from .common import positive_float, positive_int
 
 HELP = "train a character LSTM on Python's own documentation text (compiled BPTT) and sample it"
 
 
 def add_arguments(p):
     p.add_argument("--steps", type=positive_int, default=1000, help="updates (default 1000)")
-    p.add_argument("--hidden", type=positive_int, default=128)
-    p.add_argument("--seq-len", type=positive_int, default=50, help="k1 = k2 (default 50)")
-    p.add_argument("--batch", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--backend", default="compiled", choices=["compiled", "tape"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=positive_int, default=128, help="LSTM size (default 128)")
+    p.add_argument("--seq-len", type=positive_int, default=50,
+                   help="time steps per update, k1 = k2 (default 50)")
+    p.add_argument("--batch", type=positive_int, default=32,
+                   help="parallel text streams (default 32)")
+    p.add_argument("--lr", type=positive_float, default=5e-3, help="Adam learning rate "
+                   "(default 0.005)")
+    p.add_argument("--backend", default="compiled", choices=["compiled", "tape"],
+                   help="train on the compiled program (default) or the tape")
+    p.add_argument("--seed", type=int, default=0, help="weights and sampling (default 0)")
 
 
 def run(args):
@@ -28,6 +32,10 @@ def run(args):
     text = data.pydoc_text(max_chars=400_000)
     vocab = data.CharVocab(text)
     ids = vocab.encode(text)
+    if len(ids) // args.batch < args.seq_len + 1:
+        raise ValueError(f"--batch {args.batch} cuts the {len(ids):,} characters into streams of "
+                         f"{len(ids) // args.batch}, shorter than --seq-len + 1 = "
+                         f"{args.seq_len + 1}; lower --batch or --seq-len")
     S = data.batchify(ids, args.batch)
     model = gg.LanguageModel(vocab.size, args.hidden, cell="lstm", seed=args.seed)
     train.init_weights(model, forget_bias=1.0, seed=args.seed)

@@ -1,10 +1,8 @@
 """`graphgrad gradcheck`: a built-in or user-written model vs central finite differences."""
-import importlib.util
-import os
 
 import numpy as np
 
-from .common import add_model_arguments
+from .common import add_model_arguments, load_function
 
 HELP = "check a model's gradients (built-in, or --model file.py:function) against finite " \
        "differences"
@@ -14,27 +12,6 @@ def add_arguments(p):
     add_model_arguments(p, "a function returning a float64 model, or (model, arg1, ...) to "
                            "call it with", T=5, batch=2, input=3, hidden=4)
     p.add_argument("--seed", type=int, default=0)
-
-
-def load_function(spec):
-    """'path/to/file.py:name' -> the callable, with one-line errors for every way it can fail."""
-    path, sep, name = spec.rpartition(":")
-    if not sep or not path or not name:
-        raise ValueError(f"--model must look like file.py:function, got {spec!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
-    mod_spec = importlib.util.spec_from_file_location(f"_gg_user_{abs(hash(path))}", path)
-    if mod_spec is None:
-        raise ValueError(f"cannot import {path} (is it a .py file?)")
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:  # the user's code: report it on one line, whatever it raised
-        raise ValueError(f"importing {path} failed: {type(e).__name__}: {e}") from e
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"{path} has no function {name!r}")
-    return fn
 
 
 def build(args):

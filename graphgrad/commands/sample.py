@@ -28,6 +28,10 @@ def run(args):
     model.load_state_dict(state)
     if not args.prefix:
         raise ValueError("--prefix must not be empty (sampling starts from it)")
+    unknown = sorted({c for c in args.prefix if c not in vocab.index})
+    if unknown and vocab.unk is None:
+        raise ValueError(f"--prefix has characters the model never saw in training: "
+                         f"{''.join(unknown)[:40]!r}")
     prefix = vocab.encode(args.prefix)
     for i, temp in enumerate(args.temperature):
         ids = model.sample(prefix, args.chars, temperature=temp, rng=args.seed)

@@ -65,12 +65,34 @@ def _streams(ids, batch, k1, what):
     b = min(batch, max(1, len(ids) // (k1 + 1)))
     if len(ids) // b < 2:
         raise ValueError(f"{what} text is too short ({len(ids)} characters)")
+    if b < batch and what == "training":   # validation only evaluates: fewer rows are fine
+        print(f"note: the {what} text ({len(ids):,} characters) fills {b} streams of at least "
+              f"k1+1 = {k1 + 1} characters, not --batch {batch}: using batch {b}",
+              file=sys.stderr)
     return data.batchify(ids, b)
+
+
+def _resume(args, trainer, opt, vocab, batch):
+    """Load --checkpoint into trainer/opt; say what --lr changes; refuse what cannot change."""
+    from graphgrad import data
+    saved = trainer.load(args.checkpoint)
+    if data.CharVocab.from_dict(saved.get("vocab", {"chars": " "})) != vocab:
+        raise ValueError(f"{args.checkpoint} was trained on a text with another vocabulary")
+    carried = trainer.carried_batch()
+    if carried not in (None, batch):
+        raise ValueError(f"{args.checkpoint} stopped mid-epoch with batch {carried}; resume "
+                         f"with --batch {carried} (this run's batch is {batch})")
+    print(f"resuming from {args.checkpoint}: step {trainer.step}, epoch {trainer.epoch + 1}, "
+          f"update {trainer.update} of the epoch")
+    if args.lr is not None and args.lr != opt.hyper["lr"]:
+        print(f"learning rate {args.lr:g} (the checkpoint's was {opt.hyper['lr']:g})")
+        opt.hyper["lr"] = args.lr
 
 
 def run(args):
     import graphgrad as gg
     from graphgrad import data, train
+    from graphgrad.heads import perplexity
     from tqdm import tqdm
 
     if args.resume and not args.checkpoint:
@@ -99,11 +121,13 @@ def run(args):
             "text": os.path.abspath(args.text) if args.text else "pydoc_data.topics",
             "optim": args.optim}
     if args.resume:
-        saved = trainer.load(args.checkpoint)
-        if data.CharVocab.from_dict(saved.get("vocab", {"chars": " "})) != vocab:
-            raise ValueError(f"{args.checkpoint} was trained on a text with another vocabulary")
-        print(f"resuming from {args.checkpoint}: step {trainer.step}, epoch {trainer.epoch + 1}, "
-              f"update {trainer.update} of the epoch")
+        _resume(args, trainer, opt, vocab, S.shape[1])
+        finished = trainer.epoch >= args.epochs or (args.max_steps or math.inf) <= trainer.step
+        if finished:
+            print(f"nothing to train: {args.checkpoint} is at step {trainer.step} with "
+                  f"{trainer.epoch} epoch(s) done; raise --epochs (now {args.epochs}) or "
+                  f"--max-steps to continue")
+            return 0
     sched = train.tbptt_schedule(S.shape[0] - 1, trainer.k1, trainer.k2)
     print(f"train: {len(tr_ids):,} training / {len(va_ids):,} validation characters, vocab "
           f"{vocab.size}; {args.cell} hidden {args.hidden} x{args.layers}, "
@@ -135,7 +159,8 @@ def run(args):
             val = trainer.evaluate(V)
             tr_loss = tot / max(n, 1)
             print(f"epoch {epoch + 1}: train loss {tr_loss:.4f} (perplexity "
-                  f"{math.exp(tr_loss):.2f}), val loss {val:.4f} (perplexity {math.exp(val):.2f}),"
+                  f"{perplexity(tr_loss):.2f}), val loss {val:.4f} (perplexity "
+                  f"{perplexity(val):.2f}),"
                   f" {k} updates, {n:,} characters in {took:.1f} s ({n / took:,.0f} chars/s)")
     except KeyboardInterrupt:
         save("interrupted")

@@ -4,18 +4,19 @@
     graphgrad flow --model my_cell.py:build --T 200
 
 A custom model file defines `build(hidden, seed, init_scale)` returning a gg.RNN/LSTM/GRU, or
-a tuple (gg.Recurrent, input_size, init_state) with init_state(batch) -> the state pytree.
+a tuple (gg.Recurrent, input_size, init_state): init_state is the initial state for --batch rows
+(an array or a tuple of arrays) or a function init_state(batch) returning it.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import sys
 
 import numpy as np
 
 from .. import nn
+from ..commands.common import (Parser, finite_float, load_function, nonnegative_float,
+                               positive_int)
 from .compiled import check
 from .lags import bucket_labels
 from .trace import from_tape
@@ -50,29 +51,58 @@ def build_model(cell, input_size, hidden, init_scale=1.0, forget_bias=0.0, seed=
 
 
 def load_custom(spec, hidden, seed, init_scale):
-    path, _, name = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("graphgrad_flow_user_model", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    made = getattr(mod, name or "build")(hidden=hidden, seed=seed, init_scale=init_scale)
-    if isinstance(made, tuple):
-        return made
-    return made, made.input_size, None
+    """(model, input_size, init_state or None) from a --model FILE.py[:build] spec."""
+    build = load_function(spec, default="build")
+    try:
+        made = build(hidden=hidden, seed=seed, init_scale=init_scale)
+    except Exception as e:  # the user's code: one line, whatever it raised
+        raise ValueError(f"--model {spec}: build(hidden={hidden}, seed={seed}, "
+                         f"init_scale={init_scale:g}) raised {type(e).__name__}: {e}") from e
+    if not isinstance(made, tuple):
+        made = (made, getattr(made, "input_size", None), None)
+    if len(made) != 3 or not hasattr(made[0], "parameters"):
+        raise ValueError(f"--model {spec}: build must return a model or (gg.Recurrent, "
+                         f"input_size, init_state), got {type(made[0]).__name__}"
+                         + ("" if len(made) == 3 else f" and {len(made) - 1} more values"))
+    model, isz, init_state = made
+    if not isinstance(isz, (int, np.integer)) or isz < 1:
+        raise ValueError(f"--model {spec}: input_size must be a positive int, got {isz!r}")
+    return model, int(isz), init_state
+
+
+def initial_state(label, init_state, batch):
+    """The state for `batch` rows: init_state(batch), the given arrays, or None (zeros)."""
+    if init_state is None or callable(init_state):
+        return init_state(batch) if init_state else None
+    leaves = init_state if isinstance(init_state, (tuple, list)) else (init_state,)
+    for a in leaves:
+        rows = np.shape(a)[0] if np.ndim(a) >= 2 else None
+        if rows != batch:
+            raise ValueError(f"{label}: init_state has shape {list(np.shape(a))}, expected "
+                             f"[{batch}, ...] for --batch {batch}; return a function "
+                             f"init_state(batch) to follow --batch")
+    return init_state
+
+
+def _forget_bias(s):
+    return s if s == "chrono" else finite_float(s)
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="graphgrad flow", description=__doc__.split("\n")[0])
+    p = Parser(prog="graphgrad flow", description=__doc__.split("\n")[0])
     p.add_argument("--cell", default="rnn,lstm,gru",
                    help="comma list of rnn, rnn_relu, lstm, gru (default rnn,lstm,gru)")
     p.add_argument("--model", action="append", default=[],
                    help="FILE.py[:build] custom model (repeatable; added after --cell models)")
-    p.add_argument("--T", type=int, default=100, help="sequence length (default 100)")
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--input", type=int, default=8, help="input features (built-in cells)")
-    p.add_argument("--batch", type=int, default=1, help="sequences, each diagnosed on its own")
-    p.add_argument("--init-scale", type=float, default=1.0,
+    p.add_argument("--T", type=positive_int, default=100, help="sequence length (default 100)")
+    p.add_argument("--hidden", type=positive_int, default=32)
+    p.add_argument("--input", type=positive_int, default=8,
+                   help="input features (built-in cells)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="sequences, each diagnosed on its own")
+    p.add_argument("--init-scale", type=nonnegative_float, default=1.0,
                    help="multiply every weight of the default (PyTorch) initialization")
-    p.add_argument("--forget-bias", default="0",
+    p.add_argument("--forget-bias", type=_forget_bias, default=0.0,
                    help="added to the LSTM forget / GRU update gate bias; a number or 'chrono'")
     p.add_argument("--loss", default="last", choices=["last", "all"],
                    help="readout loss on the last output (many-to-one) or on every output")
@@ -85,10 +115,17 @@ def parse(argv):
 def run(args, out=None):
     out = sys.stdout if out is None else out
     rng = np.random.default_rng(args.seed)
+    if not args.no_plots:       # fail on an unusable --out before the work, not after it
+        os.makedirs(args.out, exist_ok=True)
     models = {}
-    for cell in [c for c in args.cell.split(",") if c]:
+    cells = [c for c in args.cell.split(",") if c]
+    for cell in cells:
         if cell not in CELLS:
-            raise SystemExit(f"graphgrad flow: unknown cell {cell!r} (choose from {list(CELLS)})")
+            raise ValueError(f"unknown cell {cell!r} (choose from {', '.join(CELLS)})")
+    if args.forget_bias != 0 and not {"lstm", "gru"} & set(cells):
+        raise ValueError(f"--forget-bias {args.forget_bias} applies to the lstm and gru cells "
+                         f"only, and --cell is {args.cell!r}")
+    for cell in cells:
         models[cell] = (build_model(cell, args.input, args.hidden, args.init_scale,
                                     args.forget_bias, args.seed, args.T), args.input, None)
     for spec in args.model:
@@ -97,13 +134,12 @@ def run(args, out=None):
     flows, chains = {}, {}
     for label, (m, isz, init_state) in models.items():
         xs = rng.standard_normal((args.T, args.batch, isz))
-        s0 = init_state(args.batch) if init_state else None
+        s0 = initial_state(label, init_state, args.batch)
         flows[label] = from_tape(m, xs, s0, loss=args.loss, seed=args.seed)
         chains[label] = flows[label].chains()
     print(table(flows, chains, args), file=out)
     if not args.no_plots:
         from . import plots
-        os.makedirs(args.out, exist_ok=True)
         files = {"flow_norms.png": lambda p: plots.plot_norms(flows, p),
                  "flow_lags.png": lambda p: plots.plot_lags(flows, p),
                  "flow_chains.png": lambda p: plots.plot_chains(
@@ -121,7 +157,7 @@ def table(flows, chains, args):
     head = (f"{'model':<13}{'verdict':<11}{'x/step':>8}{'decades':>9}{'|g_1|/|g_T|':>12}"
             + "".join(f"{'lag ' + b:>10}" for b in labels) + f"{'sum err':>10}")
     lines = [f"gradient flow, T={args.T}, hidden={args.hidden}, batch={args.batch}, "
-             f"init-scale={args.init_scale:g}, forget-bias={args.forget_bias}, loss={args.loss}, "
+             f"init-scale={args.init_scale:g}, forget-bias={args.forget_bias:{'' if args.forget_bias == 'chrono' else 'g'}}, loss={args.loss}, "
              f"seed={args.seed}", "lag columns: share of ||dL/dW_hh|| from weight uses that many "
              "steps before the loss (layer 0)", head, "-" * len(head)]
     notes = []
@@ -142,5 +178,12 @@ def table(flows, chains, args):
 
 
 def main(argv=None):
-    run(parse(sys.argv[1:] if argv is None else argv))
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except (ValueError, TypeError, KeyError, OSError, IndexError, FloatingPointError) as e:
+        print(f"graphgrad flow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -18,6 +18,7 @@ from .trace import from_adjoints
 
 def from_compiled(prog, model, xs, state0, d_out, d_final=None):
     """A flow for `model` with the loss cotangents (d_out, d_final) checked against `prog`."""
+    _same_model(prog, model)
     out, _ = prog.forward(xs, state0)
     param_grads, d_xs, d_state0 = prog.vjp(xs, state0, d_out, d_final)
     flow = from_adjoints(model, xs, state0, d_out, d_final)
@@ -29,6 +30,21 @@ def from_compiled(prog, model, xs, state0, d_out, d_final=None):
         flow.reference["state_grads"] = {k: np.asarray(v, np.float64) for k, v in
                                          emit(xs, state0, d_out, d_final).items()}
     return flow
+
+
+def _same_model(prog, model):
+    """`model` must be the one `prog` runs (a program reads its model's weights at each call)."""
+    core = getattr(prog, "model", None)
+    if core is None or core is model:
+        return
+    mine, theirs = model.parameters(), core.parameters()
+    differ = sorted(set(mine) ^ set(theirs)) or [
+        k for k in mine if np.shape(mine[k].data) != np.shape(theirs[k].data)
+        or not np.array_equal(mine[k].data, theirs[k].data)]
+    if differ:
+        raise ValueError(f"from_compiled: `model` is not the model `prog` was compiled from "
+                         f"({type(model).__name__} vs {type(core).__name__}; parameters that "
+                         f"differ: {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})")
 
 
 def check(flow):

@@ -251,7 +251,19 @@ def _y_width(L):
 def _prepare(model, xs, state0):
     specs, kind = _specs(model)
     xs = np.asarray(xs.data if isinstance(xs, Tensor) else xs, np.float64)
+    if xs.ndim != 3 or xs.shape[0] < 1:
+        raise ValueError(f"graphgrad.flow: xs must be (T >= 1, B, features), got "
+                         f"{list(xs.shape)}")
+    if isinstance(model, nn._SequenceModel) and state0 is not None:
+        if (kind == "lstm") != (isinstance(state0, tuple) and len(state0) == 2):
+            raise TypeError(f"graphgrad.flow: the initial state of {type(model).__name__} is "
+                            f"{'a tuple (h0, c0)' if kind == 'lstm' else 'one array h0'}")
+        model._check_state(nn._map_state(state0, np.asarray), xs.shape[1])
     state0 = _default_state0(model, xs.shape[1]) if state0 is None else _as64(state0)
+    for what, a in [("xs", xs)] + [("state0", v) for v in leaves(state0)]:
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"graphgrad.flow: {what} holds NaN or inf; gradient flow needs "
+                             f"finite values")
     return specs, kind, xs, state0
 
 
@@ -267,6 +279,12 @@ def from_tape(model, xs, state0=None, loss="last", seed=0) -> Flow:
     readout r; loss="all" sums that readout over every step. The tape's own gradients are kept in
     `flow.reference` (params, and per-step state gradients) for cross-checking.
     """
+    if isinstance(loss, str) and loss not in ("last", "all"):
+        raise ValueError(f"from_tape: loss must be 'last', 'all' or a function (out, final) -> "
+                         f"scalar Tensor, got {loss!r}")
+    if not isinstance(loss, str) and not callable(loss):
+        raise TypeError(f"from_tape: loss must be 'last', 'all' or a function, got "
+                        f"{type(loss).__name__}")
     specs, kind, xs, state0 = _prepare(model, xs, state0)
     out, final, recs = _run(specs, kind, xs, state0, True)
     out.retain_grad()
@@ -299,4 +317,9 @@ def from_adjoints(model, xs, state0, d_out, d_final=None) -> Flow:
         raise ValueError(f"from_adjoints: d_out has shape {d_out.shape}, the output is {out.shape}")
     if d_final is None:
         d_final = nn._map_state(final, lambda t: np.zeros(t.shape))
-    return _build(recs, kind, d_out, _as64(d_final), "adjoints")
+    d_final = _as64(d_final)
+    want, got = leaves(final), leaves(d_final)
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+        raise ValueError(f"from_adjoints: d_final has shapes {[list(b.shape) for b in got]}, the "
+                         f"final state has {[list(a.shape) for a in want]}")
+    return _build(recs, kind, d_out, d_final, "adjoints")
