@@ -130,7 +130,7 @@ class _Builder:
             gi = None
             if kind == "fused":
                 dom = self.domain(nid)
-                for k in range(len(self.groups) - 1, ready - 1, -1):
+                for k in range(len(self.groups) - 1, max(ready, 0) - 1, -1):   # ready -1: none
                     g = self.groups[k]
                     if g[0] != STAGE_LIST[st]:
                         continue
@@ -273,6 +273,9 @@ class _Builder:
                 continue
             if self.crosses(nid) and home.off is None:
                 continue      # read by a later stage: needs its own slot per step
+            r = self.ref(a, self.stage[nid])
+            if self.shares_storage(owner, home, r.col, r.cols):
+                continue      # a concat operand lives in this window and is read again later
             readers = [a] if owner == a else list(self.J.successors(owner))
             if owner != a and not all(is_col_view(self.node(v)) for v in readers):
                 continue
@@ -280,9 +283,23 @@ class _Builder:
                    all(self.group_of.get(w) == g for w in self.J.successors(v))
                    and len(list(self.J.successors(v))) == 1 for v in readers) and \
                     (owner == a or len(list(self.J.successors(a))) == 1):
-                r = self.ref(a, self.stage[nid])
                 return Home(home.buf, home.off, r.col, r.cols)
         return None
+
+    def shares_storage(self, owner, home, col, cols):
+        """Whether another value stored in columns [col, col+cols) of owner's storage (a concat
+        operand written into its window) is read by something other than owner: writing over
+        those columns would lose it."""
+        width = self.bufs[home.buf].shape[-1]
+        lo, hi = col, col + (width if cols is None else cols)
+        for v, h in self.homes.items():
+            if v == owner or h.buf != home.buf or h.off != home.off:
+                continue
+            vlo = h.col
+            vhi = vlo + (width if h.cols is None else h.cols)
+            if vlo < hi and lo < vhi and any(w != owner for w in self.J.successors(v)):
+                return True
+        return False
 
     def fresh(self, nid):
         n, st = self.node(nid), self.stage[nid]

@@ -76,9 +76,27 @@ class LLVMEmitter:
         return self._ones_where(self.b.fcmp_ordered("==", x, y), x)
 
     def pow(self, x, y):
-        """x**y as exp(y*log(x)): defined for x > 0 (and x = 0, y > 0); negative bases give NaN
-        even for integer exponents, unlike numpy. Squares should be written as mul."""
-        return self.exp(self.mul(y, self.log(x)))
+        """x**y with numpy's values: a constant small integer exponent is repeated
+        multiplication (exact for squares); otherwise |x|**y = exp(y*log|x|) with x's sign for
+        an odd integer y, NaN for a finite negative base and a fractional y, 1 for y = 0 or x = 1 (as
+        numpy, even for a NaN other operand)."""
+        b, zero, one = self.b, self.const(0.0, x), self.const(1.0, x)
+        n = _small_int(y)
+        if n is not None:
+            r = one if n == 0 else x
+            for _ in range(abs(n) - 1):
+                r = b.fmul(r, x)
+            return self.div(one, r) if n < 0 else r
+        mag = self.exp(self.mul(y, self.log(vecmath.fabs(b, x))))
+        whole = b.fcmp_ordered("==", vecmath._rint(b, y), y)
+        half = self.mul(y, self.const(0.5, y))
+        odd = b.and_(whole, b.fcmp_ordered("!=", vecmath._rint(b, half), half))
+        r = b.select(odd, vecmath._copysign(b, mag, x), mag)     # (-0.0)**-3 = -inf too
+        neg = b.and_(b.fcmp_ordered("<", x, zero),                  # C pow: (-inf)**0.5 = inf
+                     b.fcmp_ordered(">", x, self.const(float("-inf"), x)))
+        r = b.select(b.and_(neg, b.not_(whole)), self.const(float("nan"), x), r)
+        trivial = b.or_(b.fcmp_ordered("==", y, zero), b.fcmp_ordered("==", x, one))
+        return b.select(trivial, one, r)
 
     def cast(self, x, dtype):
         ty = self.type_of(dtype)
@@ -86,6 +104,17 @@ class LLVMEmitter:
             return x
         src64 = (x.type.element if self.width else x.type) == ir.DoubleType()
         return self.b.fptrunc(x, ty) if src64 else self.b.fpext(x, ty)
+
+
+def _small_int(v, limit=4):
+    """The integer a constant (splat) holds, if it is one with |n| <= limit; else None."""
+    c = getattr(v, "constant", None) if isinstance(v, ir.Constant) else None
+    if isinstance(c, list):
+        vals = {getattr(e, "constant", e) for e in c}
+        c = vals.pop() if len(vals) == 1 else None
+    if isinstance(c, (int, float)) and float(c).is_integer() and abs(c) <= limit:
+        return int(c)
+    return None
 
 
 def lower_op(e: LLVMEmitter, op: str, args, attrs) -> ir.Value:

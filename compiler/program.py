@@ -73,8 +73,9 @@ class ReferenceProgram:
         if self.builtin:
             self.dtype = np.dtype(dtype or model.dtype)
             if self.dtype != model.dtype:
-                raise TypeError(f"reference_program: the model is {model.dtype.name}, asked for "
-                                f"{self.dtype.name}")
+                raise TypeError(f"compile: dtype={self.dtype.name} asked for a "
+                                f"{model.dtype.name} model (no silent casts: build the model "
+                                f"with dtype={self.dtype.name}, or leave dtype out)")
             H, D = model.hidden_size, model.num_directions
             self.tree = (None, None) if model.mode == "lstm" else None
             self.leaf = AVal((model.num_layers * D, self.B, H), self.dtype)
@@ -86,7 +87,7 @@ class ReferenceProgram:
             self.x_aval = AVal((self.T, self.B, model.input_size), self.dtype)
         else:
             if input_size is None or state is None:
-                raise ValueError("reference_program: a custom Recurrent needs input_size= and "
+                raise ValueError("compile: a custom Recurrent needs input_size= and "
                                  "state= (an example initial state: array or tuple of arrays)")
             rows = [[model]]
             leaves, self.tree = flatten(state)

@@ -272,7 +272,8 @@ class NativeProgram:
         if threads == 2 and split in ("cols", "pipeline") and (not library or gemm == "blas"):
             split = self.split_mode = "batch"   # the column split lives in the kernel library
         if threads == 2 and split == "batch" and (B is None or B < 2):
-            raise ValueError("threads=2 with split='batch' needs meta['batch'] >= 2 to split")
+            raise ValueError(f"threads=2 with split='batch' needs batch >= 2 to split the rows "
+                             f"(batch={B}); use split='cols' or 'pipeline', or threads=1")
         floor = SPLIT_MIN_FLOPS if split_min_flops is None else split_min_flops
         if threads == 2 and split == "pipeline" and unroll:
             split = self.split_mode = "cols"    # the pipeline needs the loops as loops

@@ -68,7 +68,15 @@ OPS = [   # name, fn(a, b, k, c, p)
     ("matmul_concat", lambda a, b, k, c, p: gg.concat([a, b], axis=1) @ p["M2"]),
     ("split_swap", _split_swap),
     ("concat_slices", _concat_slices),
+    ("pow", lambda a, b, k, c, p: gg.tanh(a) ** (1 + k % 3) * c),   # negative bases, odd and even
+    # an elementwise op over a concat whose operand is read again later (its buffer was
+    # overwritten in place while the operand, stored in its window, was still needed)
+    ("concat_act", lambda a, b, k, c, p: _concat_act(a, b * c, p)),
 ]
+
+
+def _concat_act(a, t, p):
+    return gg.tanh(gg.concat([a, t], axis=1)) @ p["M2"] + t
 
 
 @st.composite
@@ -127,8 +135,8 @@ def test_random_steps_numpy_backend_match_tape(recipe, two, reverse, T, B, H, dt
     TABLE.add(f"random steps, numpy backend ({DT_NAME[np.dtype(dt)]})", "tape", worst)
 
 
-ADD, SUB, MUL, DIV, DIV_SQ, TANH, SIG, RELU, EXP, NEG, SCALE, SHIFT, MM, MMC, SPLIT, CSL = \
-    range(len(OPS))
+ADD, SUB, MUL, DIV, DIV_SQ, TANH, SIG, RELU, EXP, NEG, SCALE, SHIFT, MM, MMC, SPLIT, CSL, POW, \
+    CACT = range(len(OPS))
 NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(h, c))
     "one state, every elementwise op": (
         [(TANH, 0, 0, 0, 1.0), (MUL, 4, 2, 0, 1.0), (DIV, 5, 1, 0, 1.0), (EXP, 6, 0, 0, 0.7),
@@ -150,6 +158,17 @@ NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(
     "relu of a split-and-swapped projection, two states": (
         [(SPLIT, 0, 0, 0, 2.0), (RELU, 14, 0, 0, 0.0)],
         True, False, 3, 1, 2, np.float64, False),
+    # regressions (found by a differential hunt): x**n gave NaN for negative x in native code;
+    # tanh over a concat overwrote an operand stored in the concat's window
+    "powers of negative values": (
+        [(POW, 1, 0, 0, 0.7), (POW, 4, 0, 1, -0.5), (POW, 2, 0, 2, 1.0), (ADD, 5, 6, 0, 1.0)],
+        False, False, 4, 3, 4, np.float64, False),
+    "powers, float32": (
+        [(POW, 1, 0, 1, 0.9), (MUL, 4, 2, 0, 1.0)], True, False, 4, 2, 3, np.float32, False),
+    "activation over a concat whose operand is read again": (
+        [(CACT, 0, 2, 0, 0.5)], False, False, 4, 2, 4, np.float64, False),
+    "activations over concats, two states": (
+        [(CACT, 0, 2, 0, 0.5), (CACT, 4, 1, 0, -1.0)], True, False, 4, 2, 4, np.float64, False),
 }
 
 
@@ -293,6 +312,38 @@ def test_array_constants_are_part_of_the_schedule_cache_key(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------- once-bugs, kept as regressions
+def test_step_whose_first_op_is_elementwise():
+    """The first traced op an elementwise one (no producer group yet): grouping raised
+    IndexError."""
+    def step(p, x, h):
+        a = h * 0.5
+        h2 = gg.tanh(a + x @ p["Wx"])
+        return h2, h2
+    rng = np.random.default_rng(4)
+    model = gg.Recurrent(step, {"Wx": rng.normal(size=(I, 3))})
+    s0 = rng.normal(size=(2, 3))
+    for backend in ("numpy", "native"):
+        prog = compiler.compile(model, seq_len=3, batch=2, input_size=I, state=s0,
+                                backend=backend)
+        check(compare(prog, model, rng.normal(size=(3, 2, I)), s0), np.float64, backend)
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+@pytest.mark.parametrize("B,threads", [(1, 1), (3, 1), (5, 2)])
+def test_scalar_parameter(shape, B, threads):
+    """A learnable scalar gain: its gradient sums a step value over batch and features, which
+    simplify splits into the batch contraction and a sum of its small result (it was a
+    CompileError about a per-step sum the user never wrote)."""
+    def step(p, x, h):
+        h2 = gg.tanh(x @ p["Wx"] + h * p["a"])
+        return h2, h2
+    rng = np.random.default_rng(B)
+    model = gg.Recurrent(step, {"Wx": rng.normal(size=(I, 4)), "a": np.full(shape, 0.7)})
+    s0 = rng.normal(size=(B, 4))
+    prog = compiler.compile(model, seq_len=4, batch=B, input_size=I, state=s0, threads=threads)
+    check(compare(prog, model, rng.normal(size=(4, B, I)), s0), np.float64, f"scalar {shape}")
+
+
 def test_step_that_ignores_x():
     rng = np.random.default_rng(0)
     model = gg.Recurrent(lambda p, x, h: (h, gg.tanh(h @ p["Wh"] + p["b"])),

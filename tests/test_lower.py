@@ -167,6 +167,30 @@ def test_every_lowered_op(dtype, rtol, cols):
                                    rtol=rtol, atol=rtol, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pow_matches_numpy_on_every_sign_and_special_value(dtype):
+    """exp(y log x) alone gives NaN for a negative base; numpy gives -8 for (-2)**3, NaN for
+    (-2)**0.5, 1 for x**0 and 1**y. Constant small integer exponents are multiplications."""
+    xs = np.array([-2.5, -2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 3.0, np.inf, -np.inf, np.nan])
+    ys = np.array([-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 2.5, 7.0, np.nan])
+    X, Y = [a.reshape(1, -1).astype(dtype) for a in np.meshgrid(xs, ys)]
+    n = X.size
+    consts = (2.0, 3.0, -1.0, -2.0, 0.0)
+    bufs = {"X": Buffer("X", dtype, (1, n)), "P": Buffer("P", dtype, (1, n)),
+            "Y": Buffer("Y", dtype, (1, (1 + len(consts)) * n))}
+    body = [("m", "pow", ("in0", "in1"), ())] + [
+        (f"c{k}", "pow", ("in0", c), ()) for k, c in enumerate(consts)]
+    outs = [(name, Ref("Y", None, k * n, n)) for k, (name, *_) in enumerate(body)]
+    k = Fused("pow", ((Ref("X"), "full"), (Ref("P"), "full")), tuple(body), tuple(outs))
+    prog = Program(bufs, [k], [], [], [], {"batch": 1})
+    got = NativeProgram(prog).run(1, {"X": X, "P": Y})["Y"].reshape(-1, n)
+    with np.errstate(all="ignore"):
+        want = [np.power(X, Y)] + [np.power(X, np.asarray(c, dtype)) for c in consts]
+    rtol = 1e-13 if dtype == "float64" else 1e-5
+    for row, w, name in zip(got, want, ["x**y"] + [f"x**{c:g}" for c in consts]):
+        np.testing.assert_allclose(row, w.ravel(), rtol=rtol, atol=0, err_msg=name)
+
+
 def test_library_gemm_many_rows_prepacked_weights_and_self_contained_mode():
     """T*B = 448 rows takes the many-rows loop order; the recurrent weight is packed once per
     call; library=False (inline kernels, no shared library) computes the same."""

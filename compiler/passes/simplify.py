@@ -153,6 +153,16 @@ def _getitem_of_concat(x, out):
     return None
 
 
+def _batch_sum_first(x, out):
+    """A sum of a (batch, features) value over both axes (the gradient of a scalar parameter
+    broadcast over a step's values) = the batch sum, which BPTT hoists as a contraction, then
+    the sum over features of its small result."""
+    n = nd(out)
+    if len(nd(x).shape) != 2 or tuple(sorted(n.attr["axis"])) != (0, 1):
+        return None
+    return gops.reshape(gops.sum(gops.sum(x, axis=0), axis=0), n.shape)   # keepdims: (1, 1)
+
+
 RULES = [
     (Pat("add", (X, const(0.0)), "out"), lambda x, out: _same(x, out)),
     (Pat("sub", (X, const(0.0)), "out"), lambda x, out: _same(x, out)),
@@ -181,6 +191,7 @@ RULES = [
      lambda x, out: x if nd(x).shape == nd(out).shape and
      _full_slices(ir.thaw_attrs(nd(out))["index"]) else None),
     (Pat("getitem", (Pat("concat", name="x"),), "out"), _getitem_of_concat),
+    (Pat("sum", (X,), "out"), _batch_sum_first),
 ]
 
 def rewrite(G, rules=None, max_sweeps=50):
