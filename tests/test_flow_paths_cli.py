@@ -79,9 +79,9 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_custom_model_file(tmp_path, capsys):
-    src = tmp_path / "mycell.py"
-    src.write_text(
+def _cell_file(path, init_state):
+    """A model file whose build returns (gg.Recurrent, 3, <init_state expression>)."""
+    path.write_text(
         "import numpy as np, graphgrad as gg\n"
         "def step(p, x, h):\n"
         "    h = gg.tanh(x @ p['Wx'] + h @ p['Wh'])\n"
@@ -90,7 +90,12 @@ def test_cli_custom_model_file(tmp_path, capsys):
         "    r = np.random.default_rng(seed)\n"
         "    p = {'Wx': r.standard_normal((3, hidden)) * 0.5,\n"
         "         'Wh': init_scale * np.eye(hidden)}\n"
-        "    return gg.Recurrent(step, p), 3, lambda b: np.zeros((b, hidden))\n")
+        f"    return gg.Recurrent(step, p), 3, {init_state}\n")
+    return path
+
+
+def test_cli_custom_model_file(tmp_path, capsys):
+    src = _cell_file(tmp_path / "mycell.py", "lambda b: np.zeros((b, hidden))")
     cli.main(["--cell", "", "--model", f"{src}:build", "--T", "20", "--hidden", "4",
               "--no-plots"])
     text = capsys.readouterr().out
@@ -100,16 +105,7 @@ def test_cli_custom_model_file(tmp_path, capsys):
 def test_cli_custom_model_with_a_fixed_initial_state(tmp_path, capsys):
     """docs/flow.md's tuple form with an array as init_state: used when its batch matches
     --batch, a one-line error naming --batch when it does not."""
-    src = tmp_path / "fixed.py"
-    src.write_text(
-        "import numpy as np, graphgrad as gg\n"
-        "def step(p, x, h):\n"
-        "    h = gg.tanh(x @ p['Wx'] + h @ p['Wh'])\n"
-        "    return h, h\n"
-        "def build(hidden, seed, init_scale):\n"
-        "    r = np.random.default_rng(seed)\n"
-        "    p = {'Wx': r.standard_normal((3, hidden)) * 0.5, 'Wh': init_scale * np.eye(hidden)}\n"
-        "    return gg.Recurrent(step, p), 3, np.full((1, hidden), 0.1)\n")
+    src = _cell_file(tmp_path / "fixed.py", "np.full((1, hidden), 0.1)")
     assert cli.main(["--cell", "", "--model", str(src), "--T", "12", "--hidden", "4",
                      "--no-plots"]) == 0
     assert "fixed.py" in capsys.readouterr().out
