@@ -78,8 +78,8 @@ class LLVMEmitter:
     def pow(self, x, y):
         """x**y with numpy's values: a constant small integer exponent is repeated
         multiplication (exact for squares); otherwise |x|**y = exp(y*log|x|) with x's sign for
-        an odd integer y, NaN for a finite negative base and a fractional y, 1 for y = 0 or x = 1 (as
-        numpy, even for a NaN other operand)."""
+        an odd integer y, NaN for a finite negative base and a fractional y, 1 for y = 0 or
+        x = 1 (as numpy, even for a NaN other operand)."""
         b, zero, one = self.b, self.const(0.0, x), self.const(1.0, x)
         n = _small_int(y)
         if n is not None:

@@ -47,7 +47,7 @@ def _structure(tree):
     if tree is None:
         return "one array"
     if isinstance(tree, tuple) and all(t is None for t in tree):
-        return f"a tuple of {len(tree)} arrays" + (" (h, c)" if len(tree) == 2 else "")
+        return f"a tuple of {len(tree)} arrays"
     return f"the structure {tree} (None is one array)"
 
 
@@ -127,8 +127,10 @@ class ReferenceProgram:
         leaves, tree = flatten(s)
         if tree != self.tree:
             shapes = ", ".join(str(list(np.shape(_arr(v)))) for v in leaves)
-            raise TypeError(f"{what}: wrong structure: expected {_structure(self.tree)}, got "
-                            f"{_structure(tree)} (shapes {shapes})")
+            lstm = self.builtin and self.model.mode == "lstm"
+            raise TypeError(f"{what}: wrong structure: expected {_structure(self.tree)}"
+                            f"{' (h, c)' if lstm else ''}, got {_structure(tree)} (shapes "
+                            f"{shapes})")
         return [_check(f"{what}[{i}]", v, a)
                 for i, (v, a) in enumerate(zip(leaves, self._state_leaf_avals()))]
 

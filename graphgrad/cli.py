@@ -53,7 +53,8 @@ def build_parser():
     parser = Parser(prog="graphgrad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help, add_help=name not in ("flow", "bench"))
+        own = name in ("flow", "bench")     # their own parsers show their --help
+        p = sub.add_parser(name, help=help, description=help, add_help=not own)
         PARSERS.get(name, lambda p: None)(p)
     return parser
 

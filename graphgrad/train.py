@@ -14,15 +14,15 @@ The trainer never computes gradients itself. It asks a *backend* for one TBPTT w
 `get_backend("auto")` picks it whenever the compiler imports.
 
 Truncated BPTT(k1, k2), after Williams & Peng (1990): the stream is processed in updates of k1 new
-steps. Update n (from 0) owns the new steps [mid, end) = [n k1, min((n+1) k1, N)) and its window
-is [start, end) with start = max(0, mid - (k2 - k1)), i.e. k2 steps back from the nominal chunk
-end mid + k1 (only a short last chunk ends earlier). The window is run forward from the carried state at
-`start`, detached there; the loss is the mean cross-entropy of the *new* steps only (earlier
-steps of the window were scored by earlier updates), so the newest step backpropagates k2 steps
-and the oldest new step k2 - k1 + 1 steps. The carried state at time t is the one computed by
-the forward pass of the update whose new steps end at or after t (each state is the value of a
-real forward pass, re-run with the current weights when windows overlap). k1 = k2 is plain
-"chunks": each window starts where the previous one ended, with the state carried over.
+steps. Update n (from 0) owns the new steps [mid, end) = [n k1, min((n+1) k1, N)) and its window is
+[start, end) with start = max(0, mid - (k2 - k1)), i.e. k2 steps back from the nominal chunk end
+mid + k1 (only a short last chunk ends earlier). The window is run forward from the carried state at
+`start`, detached there; the loss is the mean cross-entropy of the *new* steps only (earlier steps
+of the window were scored by earlier updates), so the newest step backpropagates k2 steps and the
+oldest new step k2 - k1 + 1 steps. The carried state at time t is the one computed by the forward
+pass of the update whose new steps end at or after t (each state is the value of a real forward
+pass, re-run with the current weights when windows overlap). k1 = k2 is plain "chunks": each window
+starts where the previous one ended, with the state carried over.
 """
 from __future__ import annotations
 

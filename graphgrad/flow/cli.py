@@ -88,6 +88,10 @@ def _forget_bias(s):
     return s if s == "chrono" else finite_float(s)
 
 
+def _fb(v):
+    return v if v == "chrono" else f"{v:g}"
+
+
 def parse(argv):
     p = Parser(prog="graphgrad flow", description=__doc__.split("\n")[0])
     p.add_argument("--cell", default="rnn,lstm,gru",
@@ -157,7 +161,8 @@ def table(flows, chains, args):
     head = (f"{'model':<13}{'verdict':<11}{'x/step':>8}{'decades':>9}{'|g_1|/|g_T|':>12}"
             + "".join(f"{'lag ' + b:>10}" for b in labels) + f"{'sum err':>10}")
     lines = [f"gradient flow, T={args.T}, hidden={args.hidden}, batch={args.batch}, "
-             f"init-scale={args.init_scale:g}, forget-bias={args.forget_bias:{'' if args.forget_bias == 'chrono' else 'g'}}, loss={args.loss}, "
+             f"init-scale={args.init_scale:g}, forget-bias={_fb(args.forget_bias)}, "
+             f"loss={args.loss}, "
              f"seed={args.seed}", "lag columns: share of ||dL/dW_hh|| from weight uses that many "
              "steps before the loss (layer 0)", head, "-" * len(head)]
     notes = []
