@@ -450,7 +450,7 @@ class _Codegen:
         side 1, from the last chunk down in the high half), so a single atomic add settles
         every race: a claim holds when the two counts before it leave a chunk between them."""
         old = b.atomic_rmw("add", claims, i64(1 << (32 * side)), "monotonic")
-        lo, hi = b.and_(old, i64(0xFFFFFFFF)), b.lshr(old, i64(32))
+        lo, hi = _low_half(b, old), b.lshr(old, i64(32))
         nch = self.nchunks(b)
         ci = lo if side == 0 else b.sub(b.sub(nch, i64(1)), hi)
         return b.icmp_signed("<", b.add(lo, hi), nch), ci
@@ -479,7 +479,7 @@ class _Codegen:
         now = b.load_atomic(done_ptr, "acquire", 8, typ=I64)
         b.cbranch(b.icmp_signed(">=", now, need), done, check)
         b.position_at_end(check)
-        mine = b.and_(b.load_atomic(claims, "monotonic", 8, typ=I64), i64(0xFFFFFFFF))
+        mine = _low_half(b, b.load_atomic(claims, "monotonic", 8, typ=I64))
         b.cbranch(b.icmp_signed("<", mine, ci), take, spin)
         b.position_at_end(take)
         ok, cj = self.claim(b, claims, 0)
@@ -517,3 +517,8 @@ class _Codegen:
         loop(b, i64(0), self.nchunks(b), 1, chunk)
         if shared:
             self.drain_shared(b, stages, claims, side=0)
+
+
+def _low_half(b, word):
+    """Thread 1's count in the shared chunks' claims word (thread 0's is the high half)."""
+    return b.and_(word, i64(0xFFFFFFFF))

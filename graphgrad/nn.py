@@ -24,6 +24,11 @@ def _map_state(state, f):
     return tuple(_map_state(s, f) for s in state) if isinstance(state, tuple) else f(state)
 
 
+def _state_leaves(state):
+    """The arrays (or Tensors) of a state pytree of nested tuples, in order."""
+    return [x for s in state for x in _state_leaves(s)] if isinstance(state, tuple) else [state]
+
+
 class Recurrent(Module):
     """One recurrent layer from a step function: `step(p, x_t, state) -> (y_t, new_state)`.
 
@@ -114,6 +119,14 @@ class _SequenceModel(Module):
         z = np.zeros(self._state_shape(batch), self.dtype)
         return (z, z.copy()) if self.mode == "lstm" else z
 
+    def _check_structure(self, state):
+        """An LSTM's state is a tuple (h0, c0), the other models' one array h0."""
+        lstm = self.mode == "lstm"
+        if lstm != isinstance(state, tuple) or (lstm and len(state) != 2):
+            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else "one array"
+            raise TypeError(f"{type(self).__name__}: initial state must be "
+                            f"{'a tuple (h0, c0)' if lstm else 'one array h0'}, got {got}")
+
     def _check_state(self, state, batch):
         parts = state if isinstance(state, tuple) else (state,)
         for s in parts:
@@ -135,12 +148,7 @@ class _SequenceModel(Module):
         batch = xs.shape[1]
         if state0 is None:
             state0 = self.init_state(batch)
-        if (self.mode == "lstm") != isinstance(state0, tuple) or \
-                (isinstance(state0, tuple) and len(state0) != 2):
-            got = f"a tuple of {len(state0)}" if isinstance(state0, tuple) else "one array"
-            raise TypeError(f"{type(self).__name__}: initial state must be "
-                            f"{'a tuple (h0, c0)' if self.mode == 'lstm' else 'one array h0'}"
-                            f", got {got}")
+        self._check_structure(state0)
         state0 = _map_state(state0, lambda s: _tensor(s, self.dtype))
         self._check_state(state0, batch)
         finals, layer_in = [], xs

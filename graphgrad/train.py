@@ -37,6 +37,7 @@ from . import checkpoint, init, optim
 from .core import Tensor, no_grad
 from .functional import cross_entropy
 from .heads import LanguageModel, perplexity
+from .nn import _state_leaves
 
 
 # ---------------------------------------------------------------- small helpers
@@ -311,12 +312,6 @@ class StepReport:
         return perplexity(self.loss)
 
 
-def _leaves(state):
-    return [x for s in state for x in _leaves(s)] if isinstance(state, (tuple, list)) else [state]
-
-
-
-
 class Trainer:
     """Truncated BPTT(k1, k2) on a LanguageModel over (N, B) id streams, or plain minibatch
     training (`fit_batch`) on any model with `.loss(*batch)`."""
@@ -381,7 +376,7 @@ class Trainer:
     def carried_batch(self):
         """The batch size of the states carried into the rest of this epoch (None: none yet)."""
         rows = {np.shape(a)[-2] for st in self.states.values() if st is not None
-                for a in _leaves(st)}
+                for a in _state_leaves(st)}
         return max(rows) if rows else None
 
     def evaluate(self, streams, chunk=None):

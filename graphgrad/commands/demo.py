@@ -27,6 +27,7 @@ def run(args):
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import graphgrad as gg
     from graphgrad import data, train
+    from graphgrad.heads import perplexity
     from tqdm import tqdm
 
     text = data.pydoc_text(max_chars=400_000)
@@ -52,14 +53,15 @@ def run(args):
             first = rep.loss if first is None else first
             losses.append(rep.loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{rep.loss:.3f}", ppl=f"{np.exp(rep.loss):.1f}",
+            bar.set_postfix(loss=f"{rep.loss:.3f}", ppl=f"{rep.perplexity:.1f}",
                             gnorm=f"{rep.grad_norm:.2f}")
             if trainer.step >= args.steps:
                 break
     bar.close()
     took = time.perf_counter() - t0
     last = float(np.mean(losses[-20:]))
-    print(f"loss {first:.3f} -> {last:.3f} (perplexity {np.exp(first):.1f} -> {np.exp(last):.1f}, "
+    print(f"loss {first:.3f} -> {last:.3f} (perplexity {perplexity(first):.1f} -> "
+          f"{perplexity(last):.1f}, "
           f"mean of the last 20 updates) in {trainer.step} updates, {took:.1f} s")
 
     ok = _checks(model, S, args, train, gg)

@@ -19,6 +19,7 @@ from ..commands.common import (Parser, finite_float, load_function, nonnegative_
                                positive_int)
 from .compiled import check
 from .lags import bucket_labels
+from .stepgraph import leaves
 from .trace import from_tape
 
 CELLS = {"rnn": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -74,8 +75,7 @@ def initial_state(label, init_state, batch):
     """The state for `batch` rows: init_state(batch), the given arrays, or None (zeros)."""
     if init_state is None or callable(init_state):
         return init_state(batch) if init_state else None
-    leaves = init_state if isinstance(init_state, (tuple, list)) else (init_state,)
-    for a in leaves:
+    for a in leaves(init_state):
         rows = np.shape(a)[0] if np.ndim(a) >= 2 else None
         if rows != batch:
             raise ValueError(f"{label}: init_state has shape {list(np.shape(a))}, expected "

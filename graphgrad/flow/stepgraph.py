@@ -12,14 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import Tensor, backward
+from ..nn import _state_leaves
 from ..ops import concat, getitem, reshape
 
 
 # ---------------------------------------------------------------- state pytrees <-> flat rows
-def leaves(state):
-    if isinstance(state, tuple):
-        return [x for s in state for x in leaves(s)]
-    return [state]
+leaves = _state_leaves
 
 
 def sizes(state):

@@ -255,9 +255,7 @@ def _prepare(model, xs, state0):
         raise ValueError(f"graphgrad.flow: xs must be (T >= 1, B, features), got "
                          f"{list(xs.shape)}")
     if isinstance(model, nn._SequenceModel) and state0 is not None:
-        if (kind == "lstm") != (isinstance(state0, tuple) and len(state0) == 2):
-            raise TypeError(f"graphgrad.flow: the initial state of {type(model).__name__} is "
-                            f"{'a tuple (h0, c0)' if kind == 'lstm' else 'one array h0'}")
+        model._check_structure(state0)
         model._check_state(nn._map_state(state0, np.asarray), xs.shape[1])
     state0 = _default_state0(model, xs.shape[1]) if state0 is None else _as64(state0)
     for what, a in [("xs", xs)] + [("state0", v) for v in leaves(state0)]:
