@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from graphgrad.commands.common import Parser
+from graphgrad.commands.common import Parser, guarded
 
 COMMANDS = {}
 
@@ -66,20 +66,9 @@ def main(argv=None):
         return flow_main(argv[1:])
     if argv[:1] == ["bench"]:  # the same for the benchmark script's options
         from graphgrad.commands.bench import main as bench_main
-        return _guarded("bench", lambda: bench_main(argv[1:]))
+        return guarded("bench", lambda: bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    return _guarded(args.command, lambda: COMMANDS[args.command][1](args))
-
-
-def _guarded(name, run):
-    """run() with the errors a user can cause reported on one line (exit 2; Ctrl-C 130)."""
-    try:
-        return run() or 0
-    except (ValueError, TypeError, KeyError, OSError, IndexError) as e:
-        print(f"graphgrad {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return guarded(args.command, lambda: COMMANDS[args.command][1](args))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def guarded(name, run, more=()):
+    """run() with the errors a user can cause (and the `more` exception types) reported on one
+    line: exit code 2; Ctrl-C gives 130."""
+    try:
+        return run() or 0
+    except (ValueError, TypeError, KeyError, OSError, IndexError) + tuple(more) as e:
+        print(f"graphgrad {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def _number(convert, ok, what):
     """An argparse type: convert(s), accepted when ok(value), else "expected <what>"."""
     def parse(s):

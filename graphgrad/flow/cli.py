@@ -15,8 +15,8 @@ import sys
 import numpy as np
 
 from .. import nn
-from ..commands.common import (Parser, finite_float, load_function, nonnegative_float,
-                               positive_int)
+from ..commands.common import (Parser, finite_float, guarded, load_function,
+                               nonnegative_float, positive_int)
 from .compiled import check
 from .lags import bucket_labels
 from .stepgraph import leaves
@@ -184,11 +184,7 @@ def table(flows, chains, args):
 
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, KeyError, OSError, IndexError, FloatingPointError) as e:
-        print(f"graphgrad flow: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    def go():
+        run(args)       # returns the flows: not an exit code
+    return guarded("flow", go, (FloatingPointError,))
