@@ -20,13 +20,13 @@ from .autodiff import vjp_graph
 from .passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from .passes.loops import merge_matmuls
 from .program import ReferenceProgram
-from .stages import assign
+from .stages import assign, one_row_sums
 
 PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
-            "sink_slices", "group_invariant_adds", "stages", "schedule")
+            "sink_slices", "group_invariant_adds", "one_row_sums", "stages", "schedule")
 
 
-def joint_graph(ld, dumps=None, tag="", adjoints=False):
+def joint_graph(ld, batch, dumps=None, tag="", adjoints=False):
     """Optimized forward step, differentiated, with the forward outputs put in front of the
     cotangent outputs: one graph for the whole training step of a layer-direction."""
     def keep(name, G):
@@ -44,7 +44,7 @@ def joint_graph(ld, dumps=None, tag="", adjoints=False):
     J = keep("pads_to_concat", pads_to_concat(J))
     J = keep("sink_slices", simplify(sink_slices(J)))
     J = keep("group_invariant_adds", simplify(group_invariant_adds(J)))
-    return J
+    return keep("one_row_sums", one_row_sums(J, batch, len(F.graph["outputs"])))
 
 
 class _Layer:
@@ -61,7 +61,7 @@ class _Layer:
         if cached is not None:
             self.builds = cached
         else:
-            J = joint_graph(ld, dumps, tag)
+            J = joint_graph(ld, B, dumps, tag)
             Jf = ir.copy_graph(J)
             Jf.graph["outputs"] = J.graph["outputs"][:self.n_fwd]
             Jf = simplify(Jf)
@@ -82,7 +82,7 @@ class _Layer:
         """The train program variant that also stores every step's state adjoints (built on
         first use, so the normal training path carries no extra stores)."""
         if "adjoints" not in self.builds:
-            J = joint_graph(self.ld, adjoints=True)
+            J = joint_graph(self.ld, self.B, adjoints=True)
             stage, dep = assign(J, self.B, self.n_fwd, train=True)
             self.builds["adjoints"] = build(J, stage, dep, self.B, self.n_fwd, train=True)
         self.ensure("adjoints")

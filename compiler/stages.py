@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import networkx as nx
 
+from graphgrad import ops as gops
 from graphgrad.core import PRIMITIVES
 
 from . import ir
 from .errors import CompileError
+from .trace import GraphTrace
 
 # Linear maps that commute with the sum over time steps.
 LINEAR = {"transpose", "reshape", "add", "sub", "neg", "getitem", "pad_into", "concat",
@@ -76,6 +78,50 @@ def is_contraction(J, nid, dep, batch) -> bool:
         return len(src.shape) == 2 and src.shape[0] == 1 and n.shape == src.shape[1:] and \
             bool(dep[args[0]])
     return False
+
+
+def one_row_sums(J, batch, n_fwd_outputs):
+    """With one batch row, a parameter broadcast over the batch has no batch sum in its
+    gradient (the tape's unbroadcast of (1, H) onto (1, H) is the identity), so nothing
+    contracts it and it would not be summed over time: d(h * g)/dg = ct_h * h for g of shape
+    (1, H). Put the one-row sum back where the gradient's per-step part ends, so `assign`
+    sums it over T like any other contraction and keeps what follows as the linear tail."""
+    if batch != 1:
+        return J
+    J = ir.copy_graph(J)
+    dep, roles = deps(J), J.graph["roles"]
+    outs = J.graph["outputs"]
+    grads = {n_fwd_outputs + i for i, w in enumerate(J.graph.get("wrt", []))
+             if roles.get(w) == "param"}
+    others = set()
+    for i, o in enumerate(outs):
+        if i not in grads:
+            others |= nx.ancestors(J, o) | {o}
+    tr, summed, seen = GraphTrace(J), {}, set()
+    for i in sorted(grads):
+        stack = [(outs[i], None)]
+        while stack:
+            v, user = stack.pop()
+            if (v, user) in seen or not dep[v] or is_contraction(J, v, dep, batch):
+                continue
+            seen.add((v, user))
+            n, args = ir.node(J, v), ir.args_of(J, v)
+            if v not in others and n.op != "input" and \
+                    _linear_in_summed(n.op, args, {a for a in args if dep[a]}):
+                stack += [(a, v) for a in set(args) if dep[a]]
+                continue
+            if len(n.shape) != 2 or n.shape[0] != 1:
+                continue    # not a (batch, features) value: lowering names what it cannot do
+            if v not in summed:
+                tr.src = n.src or None
+                summed[v] = gops.reshape(gops.sum(tr.tracer(v), axis=0), n.shape).nid
+            if user is None:
+                outs[i] = summed[v]
+            else:
+                pos = J.edges[v, user]["pos"]
+                J.remove_edge(v, user)
+                J.add_edge(summed[v], user, pos=pos)
+    return J
 
 
 def row_mappable(J, nid, dep, batch) -> bool:

@@ -344,6 +344,42 @@ def test_scalar_parameter(shape, B, threads):
     check(compare(prog, model, rng.normal(size=(4, B, I)), s0), np.float64, f"scalar {shape}")
 
 
+def _gain(p, x, h):           # d/dg = ct_h * tanh(.): a product, no sum at all at B = 1
+    h2 = gg.tanh(x @ p["Wx"] + h @ p["Wh"]) * p["g"]
+    return h2, h2
+
+
+def _gain_and_shift(p, x, h):  # d/dg = ct * h + ct: two per-step terms, one shared with d_state
+    h2 = gg.tanh(x @ p["Wx"] + h * p["g"] + p["g"])
+    return h2, h2
+
+
+def _row_bias(p, x, h):       # d/db = ct itself, the same value the reverse loop carries
+    h2 = gg.tanh(x @ p["Wx"] + h @ p["Wh"]) + p["g"]
+    return h2, h2
+
+
+@pytest.mark.parametrize("step", [_gain, _gain_and_shift, _row_bias], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4)])
+@pytest.mark.parametrize("B,threads,backend,dt", [(1, 1, "native", np.float64),
+                                                  (1, 2, "native", np.float32),
+                                                  (1, 1, "numpy", np.float64),
+                                                  (2, 1, "native", np.float64)])
+def test_parameter_with_one_batch_row(step, shape, B, threads, backend, dt):
+    """A (1, H) or (1, 1) parameter broadcast over a batch of one: the tape's gradient has no
+    batch sum for the compiler to contract, so it was summed over nothing (KeyError at the
+    first vjp) or not lowered (a CompileError about a per-step sum)."""
+    rng = np.random.default_rng(len(shape) + B)
+    params = {"Wx": rng.normal(size=(I, 4)), "Wh": rng.normal(size=(4, 4)) * 0.4,
+              "g": rng.normal(size=shape)}
+    model = gg.Recurrent(step, {k: v.astype(dt) for k, v in params.items()})
+    s0 = rng.normal(size=(B, 4)).astype(dt)
+    prog = compiler.compile(model, seq_len=5, batch=B, input_size=I, state=s0, threads=threads,
+                            backend=backend)
+    check(compare(prog, model, rng.normal(size=(5, B, I)).astype(dt), s0), np.dtype(dt),
+          f"{step.__name__} {shape}")
+
+
 def test_step_that_ignores_x():
     rng = np.random.default_rng(0)
     model = gg.Recurrent(lambda p, x, h: (h, gg.tanh(h @ p["Wh"] + p["b"])),

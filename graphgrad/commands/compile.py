@@ -6,8 +6,8 @@ from .common import add_model_arguments, positive_int
 HELP = "compile a built-in or custom model and dump its IR, schedule, LLVM IR or assembly"
 # the compiler's named passes, then the views of the result ("ir": the graph after them all)
 DUMPS = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
-         "sink_slices", "group_invariant_adds", "stages", "schedule", "report", "llvm", "asm",
-         "ir")
+         "sink_slices", "group_invariant_adds", "one_row_sums", "stages", "schedule", "report",
+         "llvm", "asm", "ir")
 
 
 def add_arguments(p):
@@ -63,5 +63,5 @@ def run(args):
     elif args.dump == "asm":
         print(prog.asm)
     else:
-        print(prog.dump("group_invariant_adds" if args.dump == "ir" else args.dump))
+        print(prog.dump("one_row_sums" if args.dump == "ir" else args.dump))
     return 0
