@@ -72,6 +72,8 @@ OPS = [   # name, fn(a, b, k, c, p)
     # an elementwise op over a concat whose operand is read again later (its buffer was
     # overwritten in place while the operand, stored in its window, was still needed)
     ("concat_act", lambda a, b, k, c, p: _concat_act(a, b * c, p)),
+    # a (1, H) parameter broadcast over the batch: at B = 1 its gradient has no batch sum
+    ("gain", lambda a, b, k, c, p: a * p["g"] + c),
 ]
 
 
@@ -108,7 +110,7 @@ def make_model(recipe, two, H, dt, seed=0, reverse=False, wide_y=False):
     rng = np.random.default_rng(seed)
     params = {"Wx": rng.normal(size=(I, H)) * 0.5, "Wh": rng.normal(size=(H, H)) * 0.5,
               "b": rng.normal(size=(H,)) * 0.1, "M": rng.normal(size=(H, H)) * 0.5,
-              "M2": rng.normal(size=(2 * H, H)) * 0.5}
+              "M2": rng.normal(size=(2 * H, H)) * 0.5, "g": rng.normal(size=(1, H))}
     return gg.Recurrent(make_step(recipe, two, wide_y),
                         {k: v.astype(dt) for k, v in params.items()}, reverse=reverse)
 
@@ -136,7 +138,7 @@ def test_random_steps_numpy_backend_match_tape(recipe, two, reverse, T, B, H, dt
 
 
 ADD, SUB, MUL, DIV, DIV_SQ, TANH, SIG, RELU, EXP, NEG, SCALE, SHIFT, MM, MMC, SPLIT, CSL, POW, \
-    CACT = range(len(OPS))
+    CACT, GAIN = range(len(OPS))
 NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(h, c))
     "one state, every elementwise op": (
         [(TANH, 0, 0, 0, 1.0), (MUL, 4, 2, 0, 1.0), (DIV, 5, 1, 0, 1.0), (EXP, 6, 0, 0, 0.7),
@@ -169,6 +171,9 @@ NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(
         [(CACT, 0, 2, 0, 0.5)], False, False, 4, 2, 4, np.float64, False),
     "activations over concats, two states": (
         [(CACT, 0, 2, 0, 0.5), (CACT, 4, 1, 0, -1.0)], True, False, 4, 2, 4, np.float64, False),
+    "a (1, H) gain at batch 1, two states": (
+        [(GAIN, 2, 0, 0, 0.5), (TANH, 4, 0, 0, 1.0), (GAIN, 3, 0, 0, -1.0)],
+        True, False, 4, 1, 4, np.float64, False),
 }
 
 
