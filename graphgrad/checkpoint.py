@@ -123,9 +123,12 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            # read everything now: CRC errors in a damaged archive surface here
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
+        arrays = {}                            # a .npy file (one bare array) has no header
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                # read everything now: CRC errors in a damaged archive surface here
+                arrays = {k: z[k] for k in z.files}
         raw = arrays.pop("__header__", None)   # None: a sound .npz some other program wrote
         header = None if raw is None else json.loads(str(raw))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:

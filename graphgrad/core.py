@@ -304,7 +304,9 @@ def backward(root: Tensor, grad=None):
             if g is None:
                 continue
             if t._op is None or t._retain:
-                t.grad = g.data.copy() if t.grad is None else t.grad + g.data
+                # asarray: 0-d + 0-d gives a numpy scalar, which the in-place users of .grad
+                # (clip_grad_norm, zero_grad(set_to_none=False)) cannot update
+                t.grad = g.data.copy() if t.grad is None else np.asarray(t.grad + g.data)
             if t._op is None:
                 continue
             ans = Tensor(t.data)

@@ -27,6 +27,8 @@ def softmax(x, axis=-1):
 def cross_entropy(logits, targets, reduction="mean"):
     """Negative log-likelihood of integer `targets` (shape logits.shape[:-1]) under `logits`."""
     t = targets.data if isinstance(targets, ops.Tensor) else targets
+    if not isinstance(t, ops.Tracer):
+        t = np.asarray(t)   # a list or a bare int is checked (and kept integer) like an array
     if isinstance(t, np.ndarray) and tuple(t.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"cross_entropy: targets {list(t.shape)} must have the shape of logits "
                          f"{list(logits.shape)} without its last (class) axis")
@@ -44,15 +46,21 @@ def mse(pred, target, reduction="mean"):
     if tuple(pred.shape) != tuple(np.shape(target)):
         raise ValueError(f"mse: prediction {list(pred.shape)} and target "
                          f"{list(np.shape(target))} differ in shape")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     sq = (pred - target) * (pred - target)
-    return mean(sq) if reduction == "mean" else sum(sq)
+    return mean(sq) if reduction == "mean" else sum(sq) if reduction == "sum" else sq
 
 
 def split(x, sizes_or_sections, axis=-1):
     """Split along `axis` into equal sections (an int) or pieces of the given sizes (a list)."""
     axis = ops._norm_axes("split", axis, x.ndim)[0]
     n = x.shape[axis]
-    if isinstance(sizes_or_sections, int):
+    if isinstance(sizes_or_sections, (int, np.integer)):
+        if sizes_or_sections < 1:
+            raise ValueError(f"split: the number of sections must be >= 1, got "
+                             f"{sizes_or_sections}")
+        sizes_or_sections = int(sizes_or_sections)
         if n % sizes_or_sections:
             raise ValueError(f"split: axis {axis} of {list(x.shape)} does not divide into "
                              f"{sizes_or_sections} equal sections")

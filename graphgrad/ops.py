@@ -78,8 +78,10 @@ _ew("mul", np.multiply, (lambda g, a, x, y: g * y, lambda g, a, x, y: g * x),
     lambda e, x, y: e.mul(x, y), 2, commutative=True)
 _ew("div", np.divide, (lambda g, a, x, y: g / y, lambda g, a, x, y: neg(g) * a / y),
     lambda e, x, y: e.div(x, y), 2)
-_ew("pow", np.power, (lambda g, a, x, y: g * y * power(x, y - 1.0),
-                      lambda g, a, x, y: g * a * log(x)),
+# At x = 0 the plain formulas give 0 * inf = NaN; like torch, x**0 has derivative 0 in x
+# everywhere, and x**y (y >= 0) has derivative 0 in y at x = 0 (log(x) is replaced by log(1) there).
+_ew("pow", np.power, (lambda g, a, x, y: g * y * power(x, y - 1.0 + equal(y, 0.0)),
+                      lambda g, a, x, y: g * a * log(x + equal(x, 0.0))),
     lambda e, x, y: e.pow(x, y), 2)
 _ew("neg", np.negative, (lambda g, a, x: neg(g),), lambda e, x: e.neg(x), 1)
 _ew("exp", np.exp, (lambda g, a, x: g * a,), lambda e, x: e.exp(x), 1)
@@ -324,9 +326,15 @@ def positive(x): return bind("positive", x)
 def equal(x, y): return bind("equal", x, y)
 def stop_gradient(x): return bind("stop_gradient", x)
 def matmul(x, y): return bind("matmul", x, y)
-def take(w, ids): return bind("take", w, ids)
+def _ids(ids):
+    # integer ids stay integers: bind would turn a bare Python int into a float like any scalar
+    return ids if isinstance(ids, (Tensor, Tracer)) else np.asarray(ids)
+
+
+def take(w, ids): return bind("take", w, _ids(ids))
 def take_grad(g, ids, rows): return bind("take_grad", g, ids, rows=rows)
-def one_hot(ids, n, dtype=np.float64): return bind("one_hot", ids, n=_int(n), dtype=np.dtype(dtype))
+def one_hot(ids, n, dtype=np.float64):
+    return bind("one_hot", _ids(ids), n=_int(n), dtype=np.dtype(dtype))
 def pad_into(g, index, shape): return bind("pad_into", g, index=index, shape=tuple(shape))
 
 
@@ -347,6 +355,8 @@ def reshape(x, shape):
     shape = tuple(_int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     if -1 in shape:
         known = _int(np.prod([s for s in shape if s != -1]))
+        if shape.count(-1) > 1 or (known and _int(np.prod(x.shape)) % known):
+            raise ValueError(f"reshape: cannot reshape {list(x.shape)} to {list(shape)}")
         shape = tuple(_int(np.prod(x.shape)) // builtins.max(known, 1) if s == -1 else s
                       for s in shape)
     return x if tuple(x.shape) == shape else bind("reshape", x, shape=shape)
@@ -354,6 +364,8 @@ def reshape(x, shape):
 
 def transpose(x, axes=None):
     axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(_int(a) for a in axes)
+    if all(-x.ndim <= a < x.ndim for a in axes):   # negative axes count from the end, as numpy
+        axes = tuple(a % x.ndim for a in axes)
     return x if axes == tuple(range(x.ndim)) else bind("transpose", x, axes=axes)
 
 

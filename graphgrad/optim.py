@@ -111,7 +111,9 @@ class SGD(Optimizer):
             if h["momentum"]:
                 st = self.state[name]
                 if "momentum_buffer" not in st:
-                    st["momentum_buffer"] = g.copy()
+                    # np.array: an array even when g is a numpy scalar (0-d parameter plus weight
+                    # decay), so the in-place updates below reach the stored buffer
+                    st["momentum_buffer"] = np.array(g)
                 else:
                     buf = st["momentum_buffer"]
                     buf *= h["momentum"]

@@ -427,7 +427,14 @@ class Trainer:
             raise ValueError(f"{path} holds no trainer state (not written by Trainer.save)")
         sd = meta["trainer"]
         self._check_schedule(sd)  # before anything is modified
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optim_state)
+        old_model, old_optim = self.model.state_dict(), self.optimizer.state_dict()
+        try:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optim_state)
+        except BaseException:
+            # e.g. a checkpoint of another optimizer: refused without a half-loaded trainer
+            self.model.load_state_dict(old_model)
+            self.optimizer.load_state_dict(old_optim)
+            raise
         self.load_state_dict(sd)
         return meta

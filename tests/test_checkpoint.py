@@ -167,6 +167,11 @@ def test_not_a_checkpoint_and_missing(tmp_path):
         checkpoint.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "nope.npz")
+    # regression: a .npy file (np.load gives a bare array) raised "does not support the context
+    # manager protocol"
+    np.save(tmp_path / "arr.npy", np.zeros(2))
+    with pytest.raises(ValueError, match="not a graphgrad checkpoint"):
+        checkpoint.load(tmp_path / "arr.npy")
     with pytest.raises(FileNotFoundError, match="directory .*nodir does not exist"):
         checkpoint.save(tmp_path / "nodir" / "ck.npz", {"w": np.zeros(1)})
 

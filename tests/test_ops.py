@@ -440,6 +440,60 @@ def test_cross_entropy_errors():
         gg.cross_entropy(gg.Tensor(np.zeros((3, 4))), np.zeros(3, np.int64), "avg")
 
 
+def test_cross_entropy_targets_that_are_not_arrays():
+    # regression: only ndarray targets were shape-checked, so a list broadcast silently, and a
+    # bare Python int became a float (a misleading "indices must be integers" error)
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 5.0], [0.5, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"cross_entropy: targets \[1\].*\[4, 3\]"):
+        gg.cross_entropy(gg.Tensor(logits), [2])
+    with pytest.raises(ValueError, match=r"cross_entropy: targets \[\].*\[4, 3\]"):
+        gg.cross_entropy(gg.Tensor(logits), 2)
+    np.testing.assert_allclose(gg.cross_entropy(gg.Tensor(logits), [2, 1, 2, 0]).data,
+                               gg.cross_entropy(gg.Tensor(logits), np.array([2, 1, 2, 0])).data,
+                               rtol=0)
+    row = logits[2]
+    np.testing.assert_allclose(gg.cross_entropy(gg.Tensor(row), 1).data,
+                               -np_log_softmax(row)[1], rtol=1e-14)
+    np.testing.assert_array_equal(gg.one_hot(2, 4).data, [0.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(gg.take(gg.Tensor(logits), 1).data, logits[1])
+
+
+def test_mse_reduction_none_and_unknown():
+    # regression: any reduction other than "mean" returned the sum, "none" included
+    p, t = np.array([1.0, 2.0, 3.0]), np.zeros(3)
+    pt = gg.Tensor(p, requires_grad=True)
+    out = gg.mse(pt, t, "none")
+    np.testing.assert_array_equal(out.data, [1.0, 4.0, 9.0])
+    out.backward(np.array([1.0, 0.0, -1.0]))
+    np.testing.assert_array_equal(pt.grad, [2.0, 0.0, -6.0])
+    with pytest.raises(ValueError, match="mse: reduction"):
+        gg.mse(gg.Tensor(p), t, "avg")
+
+
+@pytest.mark.parametrize("x, y, dx, dy", [
+    (0.0, 0.0, 0.0, 0.0),              # x**0: derivative 0 in x, even at x = 0
+    (0.0, 1.5, 0.0, 0.0),              # x = 0, y > 0: 0 * log(0) is taken as 0
+    (0.0, 2.0, 0.0, 0.0),
+    (0.0, 1.0, 1.0, 0.0),
+    (2.0, 0.0, 0.0, np.log(2.0)),
+    (-2.0, 2.0, -4.0, np.nan),        # log of a negative base stays NaN, as in torch
+])
+def test_pow_gradients_at_zero_match_torch(x, y, dx, dy):
+    # regression: both VJPs made 0 * inf = NaN at x = 0, so one zero base (say after relu)
+    # turned a learnable exponent's whole gradient into NaN; torch gives 0 there
+    xt = gg.Tensor(np.array(x), requires_grad=True)
+    yt = gg.Tensor(np.array(y), requires_grad=True)
+    (xt ** yt).backward()
+    np.testing.assert_allclose(xt.grad, dx, rtol=1e-15)
+    np.testing.assert_allclose(yt.grad, dy, rtol=1e-15)
+
+
+def test_learnable_exponent_of_relu_outputs_has_a_finite_gradient():
+    k = gg.Tensor(np.array([1.5]), requires_grad=True)
+    (gg.relu(gg.Tensor(np.array([-1.0, 0.0, 2.0]))) ** k).sum().backward()
+    np.testing.assert_allclose(k.grad, [2.0 ** 1.5 * np.log(2.0)], rtol=1e-14)
+
+
 @settings(max_examples=25)
 @given(shape=shapes, data=st.data())
 def test_mse_and_mean(shape, data):
@@ -503,6 +557,10 @@ def test_split_errors():
         gg.split(x, [2, 2], axis=1)
     with pytest.raises(ValueError, match="stack"):
         gg.stack([])
+    # regressions: 0 sections was a ZeroDivisionError, numpy integers were "not iterable"
+    with pytest.raises(ValueError, match="split: the number of sections"):
+        gg.split(x, 0, axis=1)
+    assert [p.shape for p in gg.split(x, np.int64(2), axis=0)] == [(1, 5), (1, 5)]
 
 
 def test_embedding_repeated_ids_accumulate():

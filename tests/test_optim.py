@@ -259,6 +259,26 @@ def test_matches_torch_float64(name, kw):
                                        rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name,kw", TORCH_CASES)
+def test_zero_dim_parameter_matches_torch(name, kw):
+    # regression: with weight_decay, g + wd * p of a 0-d parameter is a numpy scalar, so SGD's
+    # momentum buffer was a scalar too and its in-place update never reached the stored state
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    ours = P(rng.standard_normal(()))
+    theirs = torch.tensor(ours.data.copy(), requires_grad=True)
+    opt = getattr(optim, name)({"scale": ours}, **kw)
+    topt = getattr(torch.optim, name)([theirs], **kw)
+    for _ in range(6):
+        g = np.array(rng.standard_normal())
+        ours.grad, theirs.grad = g, torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+        np.testing.assert_allclose(ours.data, theirs.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert all(isinstance(v, np.ndarray) for v in opt.state["scale"].values()
+               if not isinstance(v, int))
+
+
 def test_clip_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)

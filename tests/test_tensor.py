@@ -81,6 +81,31 @@ def test_backward_twice_through_the_same_graph():
     np.testing.assert_allclose(x.grad, 2 * np.exp([0.5, 1.5]), rtol=1e-15)
 
 
+def test_accumulated_grad_of_a_0d_leaf_stays_an_array():
+    # regression: 0-d + 0-d is a numpy scalar, so after a second backward the grad of a scalar
+    # parameter was np.float64: clip_grad_norm could not scale it in place (it silently stayed
+    # unclipped) and zero_grad(set_to_none=False) raised
+    from graphgrad import optim
+    a = leaf(2.0)
+    (a * a).backward()
+    (a * a).backward()
+    assert isinstance(a.grad, np.ndarray) and a.grad.shape == () and a.grad == 8.0
+    assert optim.clip_grad_norm({"a": a}, 1.0) == 8.0
+    np.testing.assert_allclose(a.grad, 1.0, rtol=1e-5)
+    optim.SGD({"a": a}, lr=0.1).zero_grad(set_to_none=False)
+    assert a.grad == 0.0
+
+
+def test_transpose_accepts_negative_axes():
+    # regression: numpy's negative axes were "not a permutation"
+    x = np.arange(24.0).reshape(2, 3, 4)
+    xt = leaf(x)
+    y = xt.transpose(-1, 0, -2)
+    np.testing.assert_array_equal(y.data, np.transpose(x, (-1, 0, -2)))
+    y.backward(np.ones((4, 2, 3)))
+    np.testing.assert_array_equal(xt.grad, np.ones_like(x))
+
+
 def test_retain_grad():
     x = leaf([1.0, 2.0])
     z = x * 3.0
@@ -273,6 +298,13 @@ def test_integer_operands_are_rejected_not_cast():
     (lambda: gg.transpose(gg.Tensor(np.ones((2, 3))), (0, 0)), ValueError,
      r"^transpose: axes \(0, 0\)"),
     (lambda: gg.Tensor(np.ones((2, 3))).sum(axis=2), ValueError, r"^sum: axis 2 .*2-d"),
+    # regressions: the error showed a shape made up from the -1 ([4, 1], [6, 6]), not the request
+    (lambda: gg.Tensor(np.ones((2, 3))).reshape(4, -1), ValueError,
+     r"^reshape: cannot reshape \[2, 3\] to \[4, -1\]"),
+    (lambda: gg.Tensor(np.ones((2, 3))).reshape(-1, -1), ValueError,
+     r"^reshape: cannot reshape \[2, 3\] to \[-1, -1\]"),
+    (lambda: gg.transpose(gg.Tensor(np.ones((2, 3))), (0, -3)), ValueError,
+     r"^transpose: axes \(0, -3\)"),
 ])
 def test_bad_shapes_name_the_op_and_shapes(f, exc, pattern):
     # NOTE getitem raises IndexError (as numpy and torch do), not ValueError.

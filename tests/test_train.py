@@ -240,6 +240,23 @@ def test_load_refuses_other_shapes_and_schedules(tmp_path):
         t3.load(tmp_path / "ck.npz")
 
 
+def test_refused_load_leaves_model_and_optimizer_untouched(tmp_path):
+    # regression: a checkpoint of another optimizer was refused only after the model weights
+    # had been overwritten, leaving a half-loaded trainer
+    tr = make("lstm", "adam")
+    list(tr.run_epoch(streams(N=10, B=2, V=6)))
+    tr.save(tmp_path / "ck.npz")
+    t2 = make("lstm", "sgd")
+    t2.model.parameters()["rnn.weight_hh_l0"].data += 1.0       # differ from the checkpoint
+    before, opt_before = t2.model.state_dict(), t2.optimizer.state_dict()
+    with pytest.raises(ValueError, match="SGD: cannot load optimizer state saved by 'Adam'"):
+        t2.load(tmp_path / "ck.npz")
+    for k, v in t2.model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert t2.optimizer.state_dict()["hyper"] == opt_before["hyper"]
+    assert t2.step == 0
+
+
 # ---------------------------------------------------------------- optimizers, init, backends
 def test_make_optimizer():
     m = tiny_lm()
