@@ -34,11 +34,13 @@ class Recurrent(Module):
 
     Runs over xs of shape (T, B, I) and returns (ys (T, B, Y), final state). With reverse=True
     the sequence is consumed from the end and ys is returned in the original time order.
+    Arrays in `params` are copied, as torch modules own their weights (two models built from one
+    dict would otherwise train each other's weights); Tensors are kept, so models can share them.
     """
 
     def __init__(self, step, params, reverse=False):
         self.step = step
-        self.params = {k: v if isinstance(v, Tensor) else Tensor(np.asarray(v), requires_grad=True)
+        self.params = {k: v if isinstance(v, Tensor) else Tensor(np.array(v), requires_grad=True)
                        for k, v in params.items()}
         self.reverse = reverse
 
@@ -123,7 +125,8 @@ class _SequenceModel(Module):
         """An LSTM's state is a tuple (h0, c0), the other models' one array h0."""
         lstm = self.mode == "lstm"
         if lstm != isinstance(state, tuple) or (lstm and len(state) != 2):
-            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else "one array"
+            got = f"a {type(state).__name__} of {len(state)}" \
+                if isinstance(state, (tuple, list)) else "one array"
             raise TypeError(f"{type(self).__name__}: initial state must be "
                             f"{'a tuple (h0, c0)' if lstm else 'one array h0'}, got {got}")
 

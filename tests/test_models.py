@@ -268,6 +268,8 @@ def test_bad_states_and_empty_sequences_are_named():
         lstm(xs, (h, h, h))
     with pytest.raises(TypeError, match="one array h0, got a tuple of 2"):
         rnn(xs, (h, h))
+    with pytest.raises(TypeError, match=r"a tuple \(h0, c0\), got a list of 2"):
+        lstm(xs, [h, h])
     with pytest.raises(ValueError, match=r"\(T, B, 3\) with T >= 1, got \[0, 1, 3\]"):
         lstm(np.ones((0, 1, 3), np.float32))
     with pytest.raises(ValueError, match=r"T >= 1"):
@@ -380,6 +382,18 @@ def test_recurrent_custom_step(reverse, error_log):
     # the model's parameters() are the tensors it was given, and they received gradients
     params = {k: ts[k] for k in ("Wx", "Wh", "b")}
     assert gg.Recurrent(leaky_step, params).parameters() == params
+
+
+def test_recurrent_copies_arrays_and_keeps_tensors():
+    # regression: the caller's arrays were the parameters, so two models built from one dict
+    # (or an optimizer step on one) changed the other's weights
+    arrays = {"Wx": np.ones((2, 2)), "Wh": np.eye(2), "b": np.zeros(2)}
+    a, b = gg.Recurrent(leaky_step, arrays), gg.Recurrent(leaky_step, arrays)
+    a.parameters()["Wx"].data += 1.0
+    assert b.parameters()["Wx"].data[0, 0] == 1.0 and arrays["Wx"][0, 0] == 1.0
+    shared = gg.Tensor(np.eye(2), requires_grad=True)
+    c = gg.Recurrent(leaky_step, {**arrays, "Wh": shared})
+    assert c.parameters()["Wh"] is shared
 
 
 def test_recurrent_wraps_arrays_as_trainable_params():
