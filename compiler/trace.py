@@ -69,8 +69,6 @@ def unflatten(treedef, leaves):
 
 
 # ---------------------------------------------------------------- tracer and trace
-_UFUNCS = {np.add: gops.add, np.subtract: gops.sub, np.multiply: gops.mul,
-           np.true_divide: gops.div, np.power: gops.power, np.matmul: gops.matmul}
 
 
 class IRTracer(Tracer):
@@ -101,8 +99,8 @@ class IRTracer(Tracer):
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kw):
         # ndarray (op) tracer lands here rather than in our reflected operators.
-        if method == "__call__" and not kw and ufunc in _UFUNCS and len(inputs) == 2:
-            return _UFUNCS[ufunc](*inputs)
+        if method == "__call__" and not kw and ufunc in gops.UFUNCS:
+            return gops.UFUNCS[ufunc](*inputs)
         raise CompileError(f"numpy function np.{ufunc.__name__} applied to a traced array; use "
                            f"the graphgrad op of the same name", op=ufunc.__name__, src=user_src())
 

@@ -234,7 +234,7 @@ def bind(name: str, *args, **attrs):
 
 
 def _as_array(op, a, fdt):
-    if isinstance(a, (bool, int, float, np.number)) and not isinstance(a, np.integer):
+    if isinstance(a, (bool, int, float, np.number)):   # a scalar takes the operands' dtype
         return np.asarray(a, dtype=fdt or np.float64)
     arr = np.asarray(a)
     if arr.dtype == object:

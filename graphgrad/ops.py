@@ -394,6 +394,23 @@ def concat(xs, axis=0):
 
 
 # ---------------------------------------------------------------- operators on values
+# numpy ufuncs with a graphgrad op of the same meaning: ndarray * t and np.exp(t) stay on the tape
+# (numpy would otherwise make an object array of per-element Tensors, or drop the gradient)
+UFUNCS = {np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div, np.power: power,
+          np.matmul: matmul, np.negative: neg, np.exp: exp, np.log: log, np.tanh: tanh}
+
+
+def _array_ufunc(self, ufunc, method, *inputs, **kw):
+    if method == "__call__" and not kw and ufunc in UFUNCS:
+        return UFUNCS[ufunc](*inputs)
+    import graphgrad
+    name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+    hint = f"gg.{ufunc.__name__}" if method == "__call__" and not kw and \
+        hasattr(graphgrad, ufunc.__name__) else "graphgrad ops"
+    raise TypeError(f"{name} on a graphgrad Tensor would leave the tape (no gradient); use "
+                    f"{hint}, or .data for a plain array")
+
+
 def _swap(f):
     return lambda self, other: f(other, self)
 
@@ -420,3 +437,4 @@ def _install_operators(cls):
 
 for _cls in (Tensor, Tracer):
     _install_operators(_cls)
+Tensor.__array_ufunc__ = _array_ufunc

@@ -269,6 +269,24 @@ def test_integer_operands_are_rejected_not_cast():
     with pytest.raises(TypeError, match=r"tanh: expects float32 or float64.*int64"):
         gg.tanh(gg.Tensor(np.arange(3)))
     assert (leaf([1.0, 2.0], np.float32) + 1).dtype == np.float32   # Python scalars adapt
+    # numpy scalars too, integer ones included (x * np.int64(2) was a TypeError)
+    assert (leaf([1.0, 2.0], np.float32) * np.int64(2)).dtype == np.float32
+    np.testing.assert_array_equal((np.int64(3) - leaf([1.0, 2.0])).data, [2.0, 1.0])
+
+
+def test_numpy_ufuncs_stay_on_the_tape_or_refuse():
+    # regression: np.exp(t) made an object array of per-element Tensors, off the tape
+    x = leaf([0.5, -1.0, 2.0])
+    for y in (np.exp(x), np.tanh(np.ones(3) * x), np.log(np.exp(x)), np.negative(x) ** 2.0):
+        assert isinstance(y, gg.Tensor)
+    (np.exp(x) + np.matmul(np.ones((1, 3)), gg.reshape(x, (3, 1)))).sum().backward()
+    np.testing.assert_allclose(x.grad, np.exp(x.data) + 3.0, rtol=1e-15)   # (1, 1) term broadcast x3
+    with pytest.raises(TypeError, match=r"np.sqrt on a graphgrad Tensor .*no gradient"):
+        np.sqrt(x)
+    with pytest.raises(TypeError, match=r"np.add.reduce on a graphgrad Tensor"):
+        np.add.reduce(x)
+    with pytest.raises(TypeError, match=r"np.exp on a graphgrad Tensor"):
+        np.exp(x, out=np.empty(3))
 
 
 # ---------------------------------------------------------------- shape errors
