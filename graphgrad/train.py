@@ -98,16 +98,27 @@ class TapeBackend:
         if not 0 <= loss_from < T:
             raise ValueError(f"lm_window: loss_from={loss_from} must lie in [0, {T})")
         save_at = set(save_at)
-        cuts = sorted({0, loss_from, T, *save_at})
         params = model.parameters()
         model.zero_grad()
-        # calling the model once per segment gives the same graph and the same floats as one call
-        # over the window; the cuts are only where we need a state or where scoring begins
         state, total, saved = _numpy_state(state0), None, {}
+        if getattr(getattr(model, "rnn", None), "bidirectional", False):
+            # the reverse direction reads the whole window from its end: one call, and there is
+            # no state "after step t" to save (as on the compiled backend)
+            if save_at - {T}:
+                raise ValueError("lm_window: a bidirectional model has no state after step t "
+                                 "to carry (use k2 = k1)")
+            cuts = [0, T]
+        else:
+            # calling the model once per segment gives the same graph and the same floats as one
+            # call over the window; the cuts are only where we need a state or where scoring
+            # begins
+            cuts = sorted({0, loss_from, T, *save_at})
         for a, b in zip(cuts, cuts[1:]):
             logits, state = model(inputs[a:b], state)
-            if a >= loss_from:
-                ce = cross_entropy(logits, targets[a:b], reduction="sum")
+            lo = max(loss_from - a, 0)
+            if lo < b - a:
+                ce = cross_entropy(logits if lo == 0 else logits[lo:], targets[a + lo:b],
+                                   reduction="sum")
                 total = ce if total is None else total + ce
             if b in save_at:
                 saved[b] = _numpy_state(state)
@@ -168,10 +179,11 @@ class CompiledBackend:
         def loss_fn(out):
             logits = model.head(out[loss_from:])
             return cross_entropy(logits, targets[loss_from:], reduction="sum") / float(n)
+        inner = set(save_at) - {T}      # the state after all T steps is the final state
         loss, grads, state, states = head_and_core(
             model, self._core(model, B), inputs, loss_fn, _numpy_state(state0),
-            return_states=bool(save_at))
-        saved = {b: states[b] for b in save_at}
+            return_states=bool(inner))
+        saved = {b: states[b] if b in inner else _numpy_state(state) for b in save_at}
         return Window(loss, n, grads, _numpy_state(state), saved)
 
     def lm_eval(self, model, inputs, targets, state0):

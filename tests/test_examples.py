@@ -45,3 +45,12 @@ def test_long_memory_quick():
 @pytest.mark.parametrize("name", ["hello.py", "char_lm.py", "long_memory.py"])
 def test_examples_have_help(name):
     assert "usage:" in run(name, "--help")
+
+
+def test_gradient_flow_example_small(tmp_path):
+    """docs/flow.md's pictures come from this script; its table header names the forget bias
+    '0 / chrono' (two settings), which the flow CLI's number formatting must accept."""
+    out = run("gradient_flow.py", "--T", "12", "--hidden", "4", "--out", str(tmp_path))
+    assert "forget-bias=0 / chrono" in out and "LSTM chrono" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "flow_chains.png", "flow_lags.png", "flow_norms.png", "flow_sweep.png"]

@@ -223,3 +223,32 @@ def test_from_compiled_uses_program_totals():
     assert flow.check(fl)["grads"] < 1e-10
     for k, v in fl0.grads().items():
         assert rel(fl.grads()[k], v) < 1e-12
+
+
+def test_batch_first_model_takes_its_own_layout():
+    """A batch_first model's xs are (B, T, I): flow must analyse T steps of B sequences (not
+    B steps of T), and the loss / d_out see the output as the model returns it."""
+    m = gg.GRU(3, 4, dtype=np.float64, seed=1, batch_first=True)
+    tm = gg.GRU(3, 4, dtype=np.float64, seed=1)          # same weights, time-major
+    xs = np.random.default_rng(1).standard_normal((2, 6, 3))    # (B, T, I)
+    fl = flow.from_tape(m, xs)
+    assert (fl.layers[0].T, fl.layers[0].xs.shape[1]) == (6, 2)
+    want = flow.from_tape(tm, xs.transpose(1, 0, 2))
+    for k, v in want.grads().items():
+        assert rel(fl.grads()[k], v) < 1e-14
+    m.zero_grad()
+    out, _ = m(xs)                                       # (B, T, H)
+    (out * out).sum().backward()
+    fa = flow.from_tape(m, xs, loss=lambda o, fin: (o * o).sum())
+    fb = flow.from_adjoints(m, xs, None, 2 * out.data)
+    for k, p in m.parameters().items():
+        assert rel(fa.grads()[k], p.grad) < 1e-12 and rel(fb.grads()[k], p.grad) < 1e-12
+    with pytest.raises(ValueError, match=r"d_out has shape \(6, 2, 4\), the output is \(2, 6, 4\)"):
+        flow.from_adjoints(m, xs, None, np.ones((6, 2, 4)))
+
+
+def test_unknown_layer_name_is_a_key_error_naming_the_layers():
+    fl = flow.from_tape(*small(gg.RNN, {}, T=3))
+    assert fl.layer("l0") is fl.layers[0]
+    with pytest.raises(KeyError, match="no layer 'l1'; the flow has l0"):
+        fl.layer("l1")

@@ -75,3 +75,14 @@ def test_flow_argument_errors(call, exc, words):
     m = gg.LSTM(3, 4, dtype=np.float64)
     with pytest.raises(exc, match=words):
         call(m, np.random.default_rng(1).standard_normal((10, 1, 3)))
+
+
+def test_from_compiled_batch_first_model():
+    """prog.forward / vjp take and return (B, T, ...) for a batch_first model; flow follows."""
+    m = gg.LSTM(3, 4, dtype=np.float64, batch_first=True)
+    rng = np.random.default_rng(2)
+    xs, d_out = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 4))
+    fl = flow.from_compiled(compiler.compile(m, 5, 2), m, xs, None, d_out)
+    assert fl.layers[0].T == 5
+    errs = flow.check(fl)
+    assert max(errs.values()) < 1e-12, errs

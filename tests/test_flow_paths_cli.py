@@ -1,5 +1,6 @@
 """graphgrad.flow: path counts against networkx enumeration, the scalar sweep against the
 lecture recurrence, the diagnosis on known regimes, and the CLI end to end."""
+import io
 import os
 
 import networkx as nx
@@ -37,6 +38,9 @@ def test_path_count_rnn_closed_form_and_growth():
     assert g == {T: T * (T + 1) // 2 for T in (1, 2, 4, 8, 16)}
     lg = paths.path_growth(gg.LSTM(2, 3, dtype=np.float64), xs, "weight_hh_l0", Ts=(2, 4, 8))
     assert lg[8] / lg[4] > (lg[4] / lg[2])  # faster than geometric: many routes per step
+    # a batch_first model takes (B, T, I): the growth is over its T, not its batch
+    bf = gg.RNN(2, 3, dtype=np.float64, batch_first=True)
+    assert paths.path_growth(bf, xs.transpose(1, 0, 2), "weight_hh_l0", Ts=(1, 2, 4, 8, 16)) == g
 
 
 def test_scalar_sweep_matches_lecture_recurrence():
@@ -55,6 +59,23 @@ def test_scalar_sweep_matches_lecture_recurrence():
 def test_decay_rate_of_a_known_geometric_chain():
     d = np.arange(51)
     assert np.allclose(flow.decay_rate((np.log10(0.8) * d)[:, None]), np.log10(0.8))
+
+
+def test_a_chain_that_hits_exact_zero_is_vanishing():
+    """W_hh = 0: ds_t/ds_{t-1} = 0, nothing reaches back even one step; the -300 floor of the
+    fit must not make that a flat, 'healthy' chain."""
+    xs = np.random.default_rng(0).standard_normal((20, 2, 4))
+    for cell in ("rnn", "rnn_relu"):
+        m = cli.build_model(cell, 4, 8)
+        m.parameters()["weight_hh_l0"].data[:] = 0.0
+        fl = flow.from_tape(m, xs)
+        assert np.isneginf(fl.chains()["l0"].log10_norm[1:]).all()
+        d = flow.diagnose(fl)
+        assert d.verdict == "vanishing" and d.layers[0].verdicts == ["vanishing"] * 2
+    d = np.arange(11.0)
+    y = np.log10(0.9) * d
+    y[6:] = -np.inf                              # healthy for 5 steps, then exactly zero
+    assert flow.decay_rate(y[:, None])[0] <= -300 / 6
 
 
 def test_diagnosis_regimes():
@@ -113,6 +134,23 @@ def test_cli_custom_model_with_a_fixed_initial_state(tmp_path, capsys):
                      "--batch", "2", "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "init_state has shape [1, 4]" in err[0] and "--batch 2" in err[0]
+
+
+def test_cli_batch_first_model_file(tmp_path):
+    """A --model file may build a batch_first model: it gets the same sequences, (B, T, I),
+    and so the same flow as its time-major twin."""
+    for name, bf in (("bf.py", True), ("tm.py", False)):
+        (tmp_path / name).write_text(
+            "import numpy as np, graphgrad as gg\n"
+            "def build(hidden, seed, init_scale):\n"
+            f"    return gg.GRU(3, hidden, dtype=np.float64, seed=seed, batch_first={bf})\n")
+    common = ["--cell", "", "--T", "9", "--batch", "2", "--hidden", "4", "--no-plots"]
+    bf = cli.run(cli.parse(common + ["--model", str(tmp_path / "bf.py")]), out=io.StringIO())
+    tm = cli.run(cli.parse(common + ["--model", str(tmp_path / "tm.py")]), out=io.StringIO())
+    a, b = bf["bf.py"], tm["tm.py"]
+    assert a.layers[0].xs.shape == (9, 2, 3) and np.array_equal(a.layers[0].xs, b.layers[0].xs)
+    for k, v in b.grads().items():
+        np.testing.assert_array_equal(a.grads()[k], v)
 
 
 @pytest.mark.parametrize("args,words", [

@@ -375,3 +375,25 @@ def test_char_lm_loss_falls_on_a_tiny_budget():
                        k1=20, clip_norm=5.0, backend=train.TapeBackend())
     losses = [r.loss for _ in range(3) for r in tr.run_epoch(data.batchify(vocab.encode(text), 32))]
     assert np.mean(losses[:10]) - np.mean(losses[-10:]) > 1.0, (losses[:10], losses[-10:])
+
+
+def test_bidirectional_window_is_one_call_on_both_backends():
+    """A bidirectional core reads the whole window from its end, so the tape reference must not
+    cut the window where scoring begins (k2 > k1); the state after every step does not exist,
+    but the one after the window does (k1 = k2 carries it)."""
+    S = streams(N=12, B=2)
+    model = tiny_lm("gru", bidirectional=True)
+    logits, _ = model(S[:-1])
+    want = gg.cross_entropy(logits[4:], S[5:], reduction="sum").item() / (7 * 2)
+    for backend in (train.TapeBackend(), train.CompiledBackend()):
+        w = backend.lm_window(model, S[:-1], S[1:], None, loss_from=4, save_at=[11])
+        assert w.loss == pytest.approx(want, rel=1e-12), backend.name
+        _states_close(w.saved[11], w.state)
+        with pytest.raises(ValueError, match="bidirectional"):
+            backend.lm_window(model, S[:-1], S[1:], None, loss_from=4, save_at=[6])
+    final = {}
+    for backend in (train.TapeBackend(), train.CompiledBackend()):
+        m = tiny_lm("lstm", bidirectional=True)
+        tr = train.Trainer(m, optim.SGD(m.parameters(), 0.3), k1=4, backend=backend)
+        final[backend.name] = [r.loss for r in tr.run_epoch(S)]
+    np.testing.assert_allclose(final["compiled"], final["tape"], rtol=1e-10)

@@ -20,7 +20,7 @@ from ..commands.common import (Parser, finite_float, guarded, load_function,
 from .compiled import check
 from .lags import bucket_labels
 from .stepgraph import leaves
-from .trace import from_tape
+from .trace import _model_layout, from_tape
 
 CELLS = {"rnn": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 EDGES = (0, 1, 2, 5, 10, 25, 50)
@@ -89,7 +89,9 @@ def _forget_bias(s):
 
 
 def _fb(v):
-    return v if v == "chrono" else f"{v:g}"
+    """--forget-bias for the header: a number as %g, a word ('chrono', or a caller's own label
+    such as examples/gradient_flow.py's '0 / chrono') as it is."""
+    return v if isinstance(v, str) else f"{v:g}"
 
 
 def parse(argv):
@@ -137,7 +139,8 @@ def run(args, out=None):
             spec, args.hidden, args.seed, args.init_scale)
     flows, chains = {}, {}
     for label, (m, isz, init_state) in models.items():
-        xs = rng.standard_normal((args.T, args.batch, isz))
+        # time-major draws; a batch_first model (a --model file may build one) takes (B, T, I)
+        xs = _model_layout(m, rng.standard_normal((args.T, args.batch, isz)))
         s0 = initial_state(label, init_state, args.batch)
         flows[label] = from_tape(m, xs, s0, loss=args.loss, seed=args.seed)
         chains[label] = flows[label].chains()

@@ -19,11 +19,19 @@ DECADES = 3.0
 
 
 def decay_rate(log10_norm):
-    """Slope of log10 ||chain|| per step back, per sequence: log10_norm (T+1, B) -> (B,)."""
+    """Slope of log10 ||chain|| per step back, per sequence: log10_norm (T+1, B) -> (B,).
+
+    A chain can hit exact zero (W_hh = 0, or every ReLU unit off at some step): from there on
+    nothing reaches further back at all. The fit alone would read a chain that is zero from
+    d = 1 on as flat (all points at the -300 floor); such a sequence gets at most the slope
+    of falling 300 decades from the identity (d = 0) to the first zero."""
     d = np.arange(1, log10_norm.shape[0], dtype=float)
-    y = np.clip(log10_norm[1:], -300.0, 300.0)      # a chain can hit exact zero (ReLU)
+    y = np.clip(log10_norm[1:], -300.0, 300.0)
     dc = d - d.mean()
-    return (dc @ (y - y.mean(0))) / max(dc @ dc, 1e-300)
+    slope = (dc @ (y - y.mean(0))) / max(dc @ dc, 1e-300)
+    zero = np.isneginf(log10_norm[1:])
+    first = zero.argmax(0) + 1.0                    # distance of the first zero, if any
+    return np.where(zero.any(0), np.minimum(slope, -300.0 / first), slope)
 
 
 def verdict(span):

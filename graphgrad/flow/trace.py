@@ -110,7 +110,13 @@ class Flow:
     kind: str = "custom"
 
     def layer(self, name=None):
-        return self.layers[0] if name is None else next(L for L in self.layers if L.name == name)
+        if name is None:
+            return self.layers[0]
+        for L in self.layers:
+            if L.name == name:
+                return L
+        raise KeyError(f"Flow.layer: no layer {name!r}; the flow has "
+                       f"{', '.join(L.name for L in self.layers)}")
 
     def grads(self):
         """dL/dparam rebuilt as the sum over lags (must equal the source's own gradient)."""
@@ -248,12 +254,27 @@ def _y_width(L):
     return int(np.prod(y.shape[1:]))
 
 
+def _batch_first(model):
+    """True for a built-in model that takes and returns (B, T, ...) arrays."""
+    return isinstance(model, nn._SequenceModel) and bool(model.batch_first)
+
+
+def _model_layout(model, a):
+    """A time-major (T, B, ...) array or Tensor in the model's own layout, and back again."""
+    if not _batch_first(model):
+        return a
+    return a.transpose((1, 0, 2)) if isinstance(a, Tensor) else np.swapaxes(a, 0, 1)
+
+
 def _prepare(model, xs, state0):
+    """Specs, kind, time-major float64 xs (T, B, F) and the float64 initial state."""
     specs, kind = _specs(model)
     xs = np.asarray(xs.data if isinstance(xs, Tensor) else xs, np.float64)
-    if xs.ndim != 3 or xs.shape[0] < 1:
-        raise ValueError(f"graphgrad.flow: xs must be (T >= 1, B, features), got "
-                         f"{list(xs.shape)}")
+    t_axis = 1 if _batch_first(model) else 0
+    if xs.ndim != 3 or xs.shape[t_axis] < 1:
+        want = "(B, T >= 1, features) (batch_first)" if t_axis else "(T >= 1, B, features)"
+        raise ValueError(f"graphgrad.flow: xs must be {want}, got {list(xs.shape)}")
+    xs = np.ascontiguousarray(_model_layout(model, xs))    # flow works time-major inside
     if isinstance(model, nn._SequenceModel) and state0 is not None:
         model._check_structure(state0)
         model._check_state(nn._map_state(state0, np.asarray), xs.shape[1])
@@ -292,7 +313,7 @@ def from_tape(model, xs, state0=None, loss="last", seed=0) -> Flow:
         r = readout(out.shape[-1], seed)
         L = (out[xs.shape[0] - 1] * r).sum() if loss == "last" else (out * r).sum()
     else:
-        L = loss(out, final)
+        L = loss(_model_layout(model, out), final)   # the output as the model returns it
     backward(L)
     d_out = np.zeros(out.shape) if out.grad is None else out.grad
     d_final = nn._map_state(final, lambda t: np.zeros(t.shape) if t.grad is None else t.grad)
@@ -305,14 +326,17 @@ def from_tape(model, xs, state0=None, loss="last", seed=0) -> Flow:
 
 
 def from_adjoints(model, xs, state0, d_out, d_final=None) -> Flow:
-    """A flow from model-level cotangents supplied by any source: d_out = dL/dout (T, B, D*H)
-    and d_final = dL/d(final state), shaped like the model's final state (None: zeros)."""
+    """A flow from model-level cotangents supplied by any source: d_out = dL/dout (T, B, D*H),
+    or (B, T, D*H) for a batch_first model, and d_final = dL/d(final state), shaped like the
+    model's final state (None: zeros)."""
     specs, kind, xs, state0 = _prepare(model, xs, state0)
     with no_grad():
         out, final, recs = _run(specs, kind, xs, state0, False)
     d_out = np.asarray(d_out, np.float64)
-    if d_out.shape != out.shape:
-        raise ValueError(f"from_adjoints: d_out has shape {d_out.shape}, the output is {out.shape}")
+    want = _model_layout(model, np.empty(out.shape, bool)).shape
+    if d_out.shape != want:
+        raise ValueError(f"from_adjoints: d_out has shape {d_out.shape}, the output is {want}")
+    d_out = np.ascontiguousarray(_model_layout(model, d_out))
     if d_final is None:
         d_final = nn._map_state(final, lambda t: np.zeros(t.shape))
     d_final = _as64(d_final)
