@@ -26,8 +26,11 @@ starts where the previous one ended, with the state carried over.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -324,6 +327,26 @@ class StepReport:
         return perplexity(self.loss)
 
 
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold Ctrl-C until the block is done, then raise it. Around the few milliseconds in which
+    an update changes the parameters, the optimizer state, the counters and the carried states:
+    `graphgrad train` saves a checkpoint on Ctrl-C, and one taken mid-update (some parameters
+    stepped, the step counter not) resumed into a different run than the uninterrupted one."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield     # not Python's own Ctrl-C handling: leave it alone
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class Trainer:
     """Truncated BPTT(k1, k2) on a LanguageModel over (N, B) id streams, or plain minibatch
     training (`fit_batch`) on any model with `.loss(*batch)`."""
@@ -374,12 +397,13 @@ class Trainer:
             if not math.isfinite(w.loss):
                 raise FloatingPointError(f"loss became {w.loss} at step {self.step + 1}; lower "
                                          "the learning rate or clip")
-            norm = self.apply(w.grads)
-            self.update += 1
-            keep = starts[self.update] if self.update < len(sched) else end
-            self.states = {t: s for t, s in self.states.items() if t >= keep}
-            self.states.update({start + k: s for k, s in w.saved.items()})
-            self.states[end] = w.state
+            with _interrupt_after():    # a checkpoint never holds half an update
+                norm = self.apply(w.grads)
+                self.update += 1
+                keep = starts[self.update] if self.update < len(sched) else end
+                self.states = {t: s for t, s in self.states.items() if t >= keep}
+                self.states.update({start + k: s for k, s in w.saved.items()})
+                self.states[end] = w.state
             yield StepReport(self.step, self.epoch, w.loss, w.tokens, norm,
                              time.perf_counter() - t0)
         self.epoch += 1

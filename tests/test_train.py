@@ -227,6 +227,39 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, cell, opt):
             np.testing.assert_array_equal(b["state"][name][key], v)
 
 
+def test_ctrl_c_during_an_update_lands_after_it(tmp_path):
+    """graphgrad train saves a checkpoint on Ctrl-C. One that landed inside the optimizer step
+    saved half-updated weights with the step counter not advanced, so the resumed run differed
+    from the uninterrupted one (by 0.08 in the weights); the interrupt now waits for the update."""
+    import os
+    import signal
+    S = streams(N=25, B=3, V=6)
+    straight = make()
+    list(straight.run_epoch(S))
+    first = make()
+    it = first.run_epoch(S)
+    for _ in range(3):
+        next(it)
+    stepped = first.optimizer._grads
+
+    def ctrl_c_after_one_parameter():
+        for i, item in enumerate(stepped()):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield item
+    first.optimizer._grads = ctrl_c_after_one_parameter
+    with pytest.raises(KeyboardInterrupt):
+        next(it)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert first.step == 4 and first.update == 4    # the whole update, then the interrupt
+    first.save(tmp_path / "ck.npz")
+    resumed = make()
+    resumed.load(tmp_path / "ck.npz")
+    list(resumed.run_epoch(S))
+    for k, v in straight.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+
+
 def test_load_refuses_other_shapes_and_schedules(tmp_path):
     tr = make()
     tr.save(tmp_path / "ck.npz")
