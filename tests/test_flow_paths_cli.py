@@ -121,6 +121,7 @@ def test_cli_custom_model_file(tmp_path, capsys):
               "--no-plots"])
     text = capsys.readouterr().out
     assert "mycell.py" in text and "sum err" in text
+    assert "[mycell.py] lag columns: shares of ||dL/dWh||" in text   # which weight, no W_hh
 
 
 def test_cli_custom_model_with_a_fixed_initial_state(tmp_path, capsys):

@@ -167,7 +167,8 @@ def table(flows, chains, args):
              f"init-scale={args.init_scale:g}, forget-bias={_fb(args.forget_bias)}, "
              f"loss={args.loss}, "
              f"seed={args.seed}", "lag columns: share of ||dL/dW_hh|| from weight uses that many "
-             "steps before the loss (layer 0)", head, "-" * len(head)]
+             "steps before the loss (layer 0; a custom model's weight is named in its note)",
+             head, "-" * len(head)]
     notes = []
     for label, fl in flows.items():
         d = diagnose(fl, chains[label])
@@ -181,7 +182,8 @@ def table(flows, chains, args):
         lines.append(f"{label:<13}{ld.verdict:<11}{ld.gamma:>8.3f}{float(np.median(ld.span)):>+9.1f}"
                      f"{'1e%+.1f' % ratio:>12}" + "".join(f"{s:>10.3f}" for s in lt.bucket(w, EDGES))
                      + f"{check(fl)['grads']:>10.1e}")
-        notes.append(f"[{label}] " + str(d).replace("\n", "\n  "))
+        note = "" if w.startswith("weight_hh") else f"lag columns: shares of ||dL/d{w}||\n  "
+        notes.append(f"[{label}] " + note + str(d).replace("\n", "\n  "))
     return "\n".join(lines + [""] + notes)
 
 
