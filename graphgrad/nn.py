@@ -10,14 +10,13 @@ from .module import Module
 from .ops import concat, getitem
 
 
-def _tensor(v, dtype=None):
-    if isinstance(v, Tensor):
-        return v
-    a = np.asarray(v)
+def _tensor(v, dtype=None, what=""):
+    """v as a Tensor of `dtype` (arrays and Tensors alike: never cast); `what` names it."""
+    a = v.data if isinstance(v, Tensor) else np.asarray(v)
     if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"expected {np.dtype(dtype).name} data, got {a.dtype} (graphgrad never "
-                        f"casts silently; convert with .astype)")
-    return Tensor(a)
+        raise TypeError(f"{what}expected {np.dtype(dtype).name} data, got {a.dtype} (graphgrad "
+                        f"never casts silently; convert with .astype)")
+    return v if isinstance(v, Tensor) else Tensor(a)
 
 
 def _map_state(state, f):
@@ -139,7 +138,7 @@ class _SequenceModel(Module):
                                  f"(num_layers*num_directions, batch, hidden_size)")
 
     def __call__(self, xs, state0=None):
-        xs = _tensor(xs, self.dtype)
+        xs = _tensor(xs, self.dtype, f"{type(self).__name__} input: ")
         t_axis = 1 if self.batch_first else 0
         if xs.ndim != 3 or xs.shape[-1] != self.input_size or xs.shape[t_axis] < 1:
             want = f"(B, T, {self.input_size}) (batch_first)" if self.batch_first else \
@@ -152,7 +151,8 @@ class _SequenceModel(Module):
         if state0 is None:
             state0 = self.init_state(batch)
         self._check_structure(state0)
-        state0 = _map_state(state0, lambda s: _tensor(s, self.dtype))
+        state0 = _map_state(state0, lambda s: _tensor(s, self.dtype,
+                                                      f"{type(self).__name__} initial state: "))
         self._check_state(state0, batch)
         finals, layer_in = [], xs
         for layer, row in enumerate(self.layers()):
@@ -206,8 +206,10 @@ def _cell(mode_cls):
             return dict(self.params)
 
         def __call__(self, x, state):
-            return self.model.step_fn()(self.params, _tensor(x, self.model.dtype),
-                                        _map_state(state, lambda s: _tensor(s, self.model.dtype)))[1]
+            name = type(self).__name__
+            return self.model.step_fn()(
+                self.params, _tensor(x, self.model.dtype, f"{name} input: "),
+                _map_state(state, lambda s: _tensor(s, self.model.dtype, f"{name} state: ")))[1]
     Cell.__name__ = mode_cls.__name__ + "Cell"
     return Cell
 

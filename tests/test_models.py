@@ -259,6 +259,9 @@ def test_float32_model_keeps_float32():
     assert all(p.grad.dtype == np.float32 for p in m.parameters().values())
     with pytest.raises(TypeError, match="float32"):
         m(np.ones((2, 1, 3)))                      # float64 input to a float32 model
+    # a Tensor too is named and refused before any op (it failed inside matmul)
+    with pytest.raises(TypeError, match="GRU input: expected float32 data, got float64"):
+        m(gg.Tensor(np.ones((2, 1, 3))))
 
 
 def test_bad_states_and_empty_sequences_are_named():
