@@ -205,6 +205,8 @@ def clip_grad_norm(grads_or_params, max_norm, norm_type=2.0, error_if_nonfinite=
     if not grads:
         return 0.0
     norm_type = float(norm_type)
+    if not norm_type > 0:    # torch's 0 and -inf "norms" (count, min) clip nothing useful
+        raise ValueError(f"clip_grad_norm: norm_type must be > 0 or inf, got {norm_type:g}")
     if norm_type == math.inf:
         total = max(float(np.max(np.abs(g), initial=0.0)) for g in grads)
     else:

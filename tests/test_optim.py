@@ -193,6 +193,9 @@ def test_clip_grad_norm_leaves_small_grads_and_accepts_arrays():
     assert optim.clip_grad_norm(g, 1.0) == pytest.approx(0.5)
     np.testing.assert_array_equal(g[0], [0.3, 0.4])
     assert optim.clip_grad_norm({"x": P([1.0])}, 1.0) == 0.0  # no grads at all
+    for bad in (0, -1.0, -np.inf):   # 0 divided by zero, -inf gave 1.0 (torch: 0)
+        with pytest.raises(ValueError, match="clip_grad_norm: norm_type must be > 0"):
+            optim.clip_grad_norm(g, 1.0, norm_type=bad)
 
 
 def test_clip_grad_value():
