@@ -47,6 +47,15 @@ def joint_graph(ld, batch, dumps=None, tag="", adjoints=False):
     return keep("one_row_sums", one_row_sums(J, batch, len(F.graph["outputs"])))
 
 
+def _param_mismatch(name, v, aval):
+    if tuple(np.shape(v)) != aval.shape:
+        raise ValueError(f"parameter {name}: shape {list(np.shape(v))}, the program was compiled "
+                         f"for {list(aval.shape)}")
+    dt = getattr(v, "dtype", type(v).__name__)
+    raise TypeError(f"parameter {name}: dtype {dt}, the program was compiled for "
+                    f"{aval.dtype.name} (no silent casts)")
+
+
 class _Layer:
     """One layer-direction: the forward-only and the train (forward + BPTT) programs."""
 
@@ -55,6 +64,7 @@ class _Layer:
         self.n_fwd = len(ld.step.G.graph["outputs"])
         tag = f"layer {ld.layer} direction {ld.direction}"
         self.params = list(ld.step.params)
+        self.param_avals = None     # name -> (model's name, aval), filled on the first call
         self.B, self.T, self.options = B, T, options
         k = graph_cache.key(graph_cache.graph_text(ld.step.G), ld.bwd.graph["wrt"], B)
         cached = graph_cache.get(k) if dumps is None else None
@@ -206,8 +216,21 @@ class CompiledProgram(ReferenceProgram):
 
     # -- running
     def _params(self, cl):
-        return {k: self.model.parameters()[cl.ld.names[k]].data if self.builtin
-                else cl.ld.rec.params[k].data for k in cl.params}
+        """The parameters' current data (read on every call, so in-place updates and
+        load_state_dict count), each checked against the shape and dtype it was compiled for:
+        data set directly on a parameter (p.data = ...) is neither cast nor reshaped silently."""
+        params = self.model.parameters() if self.builtin else cl.ld.rec.params
+        if cl.param_avals is None:      # what each was traced as; looked up once per layer
+            cl.param_avals = {k: (cl.ld.names[k] if self.builtin else k,
+                                  ir.aval_of(ir.node(cl.ld.step.G, cl.ld.step.params[k])))
+                              for k in cl.params}
+        out = {}
+        for k, (name, aval) in cl.param_avals.items():
+            v = params[name].data
+            if not isinstance(v, np.ndarray) or v.shape != aval.shape or v.dtype != aval.dtype:
+                _param_mismatch(cl.ld.names[k], v, aval)
+            out[k] = v
+        return out
 
     def _run_layers(self, mode, xs, s0, d_sT=None, keep_states=False, borrow=False,
                     copy=True):
@@ -284,7 +307,7 @@ class CompiledProgram(ReferenceProgram):
         self._mode = "train"
         out, finals = self._run_layers("train", xs, s0, self._state_leaves("d_state_T", d_state_T),
                                        keep_states=return_states)
-        self._begun = True
+        self._begun, self._begun_T = True, xs.shape[0]
         return self._result(out, finals, xs.shape[0], return_states)
 
     def finish(self, d_out):
@@ -292,7 +315,8 @@ class CompiledProgram(ReferenceProgram):
         if not getattr(self, "_begun", False):
             raise RuntimeError("finish: no forward phase to finish; call begin(xs, state0) "
                                "first (one finish per begin; vjp in between replaces it)")
-        res = self._reverse(self._d_out(d_out), None)
+        # checked against begin's xs: a forward() in between may have had another length
+        res = self._reverse(self._d_out(d_out, self._begun_T), None)
         self._begun = False
         return res
 
@@ -378,10 +402,17 @@ OPTIONS = ("dtype", "input_size", "state", "threads", "split", "unroll", "backen
 
 def _check_options(model, seq_len, batch, options):
     """compile()'s arguments, checked before any tracing, each error naming the argument."""
-    if not callable(getattr(model, "parameters", None)):
+    from graphgrad.nn import Recurrent, _SequenceModel
+    task = hasattr(model, "head_loss") and hasattr(model, "rnn")
+    if not (isinstance(model, (Recurrent, _SequenceModel)) or task) or \
+            not callable(getattr(model, "parameters", None)):
+        # a one-step cell (gg.LSTMCell, ...) keeps its sequence model in .model
+        cell = isinstance(getattr(model, "model", None), _SequenceModel)
         raise TypeError(f"compile: model must be a graphgrad model (gg.RNN/LSTM/GRU, "
                         f"gg.Recurrent or a task model such as gg.LanguageModel), got "
-                        f"{type(model).__name__}")
+                        f"{type(model).__name__}"
+                        + ("; a cell is one step: compile its sequence model, cell.model"
+                           if cell else ""))
     for name, v in (("seq_len", seq_len), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"compile: {name} must be a positive int, got {v!r}")
@@ -389,7 +420,10 @@ def _check_options(model, seq_len, batch, options):
     if unknown:
         raise TypeError(f"compile: unknown option(s) {', '.join(unknown)}; the options are "
                         f"{', '.join(OPTIONS)}")
-    if options.get("opt", 3) not in (0, 1, 2, 3) or isinstance(options.get("opt"), bool):
-        raise ValueError(f"compile: opt must be 0, 1, 2 or 3, got {options['opt']!r}")
+    for name, allowed, default in (("opt", (0, 1, 2, 3), 3), ("threads", (1, 2), 1)):
+        v = options.get(name, default)     # ints only: 3.0 or True would reach ctypes / LLVM
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in allowed:
+            words = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+            raise ValueError(f"compile: {name} must be {words}, got {v!r}")
     if not isinstance(options.get("unroll", False), bool):
         raise ValueError(f"compile: unroll must be True or False, got {options['unroll']!r}")

@@ -205,12 +205,15 @@ class ReferenceProgram:
             d_layer_out = np.swapaxes(d_layer_out, 0, 1)
         return grads, d_layer_out, self._pack_state(d_s0)
 
-    def _d_out(self, d_out):
+    def _d_out(self, d_out, T=None):
+        """d_out checked against the xs of the forward pass it belongs to (T steps; by default
+        the last xs checked)."""
         d_out = _arr(d_out)
         if self.builtin and self.model.batch_first and d_out.ndim == 3:
             d_out = np.swapaxes(d_out, 0, 1)
         width = sum(ir.node(ld.step.G, ld.step.y).shape[-1] for ld in self.layers[-1])
-        return _check("d_out", d_out, AVal((self.x_aval.shape[0], self.B, width), self.dtype))
+        T = self.x_aval.shape[0] if T is None else T
+        return _check("d_out", d_out, AVal((T, self.B, width), self.dtype))
 
     # -- what the reverse pass of one layer-direction needs, and the pass itself
     def _record(self, xs, s0, d_sT):

@@ -35,8 +35,8 @@ def head_and_core(model, core, xs, loss_fn, state0=None, return_states=False):
     all T*B rows on the tape, whose gradient w.r.t. the outputs feeds the reverse phase.
     """
     enc = _encode(model, xs)
-    if state0 is None:
-        state0 = model.rnn.init_state(enc.shape[1])
+    if state0 is None:     # the program's batch (enc is (B, T, ...) for a batch_first core)
+        state0 = model.rnn.init_state(core.B)
     res = core.begin(enc, state0, _zeros_like_state(state0), return_states=return_states)
     out, state_T = res[0], res[1]
     out_t = Tensor(out, requires_grad=True)

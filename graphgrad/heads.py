@@ -141,7 +141,11 @@ class SequenceClassifier(Module):
 
     def __call__(self, xs, state=None):
         out, state = self.rnn(xs, state)
-        return self.head(getitem(out, -1)), state
+        return self.head(self._last(out)), state
+
+    def _last(self, out):
+        """The last time step's output (B, D*H): out is (B, T, D*H) for a batch_first core."""
+        return getitem(out, (slice(None), -1) if self.rnn.batch_first else -1)
 
     def inputs(self, xs):
         return xs
@@ -152,7 +156,7 @@ class SequenceClassifier(Module):
         return self.head_loss(out, labels)
 
     def head_loss(self, out, labels):
-        return cross_entropy(self.head(getitem(out, -1)), np.asarray(labels))
+        return cross_entropy(self.head(self._last(out)), np.asarray(labels))
 
 
 class SequenceRegressor(SequenceClassifier):
@@ -163,7 +167,7 @@ class SequenceRegressor(SequenceClassifier):
 
     def head_loss(self, out, targets):
         from .functional import mse
-        pred = self.head(getitem(out, -1))
+        pred = self.head(self._last(out))
         t = np.asarray(targets)
         if t.dtype.kind == "f" and t.dtype != pred.dtype:
             raise TypeError(f"SequenceRegressor: targets are {t.dtype}, the model is "

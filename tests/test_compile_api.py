@@ -200,9 +200,19 @@ def _lstm_prog(T=6, B=3):
 
 @pytest.mark.parametrize("call,exc,words", [
     (lambda: compiler.compile(object(), 6, 3), TypeError, "model must be a graphgrad model"),
+    (lambda: compiler.compile(gg.LSTMCell(4, 5), 6, 3), TypeError,
+     "got LSTMCell; a cell is one step: compile its sequence model, cell.model"),
+    (lambda: compiler.compile(gg.Linear(4, 5), 6, 3), TypeError,
+     "model must be a graphgrad model .* got Linear"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 2.5), ValueError, "batch must be a positive int"),
     (lambda: compiler.compile(gg.LSTM(4, 5), "6", 3), ValueError, "seq_len must be a positive"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, opt=7), ValueError, "opt must be 0, 1, 2"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, opt=3.0), ValueError,
+     r"opt must be 0, 1, 2 or 3, got 3\.0"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=2.0), ValueError,
+     r"compile: threads must be 1 or 2, got 2\.0"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=True), ValueError,
+     "compile: threads must be 1 or 2, got True"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, unroll="yes"), ValueError, "unroll must be"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, thread=2), TypeError, "unknown option"),
     (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}), 6, 2, input_size=4,
@@ -249,3 +259,71 @@ def test_task_model_targets_are_checked():
         lm.value_and_grad(ids + 12, ids, None)
     with pytest.raises(IndexError, match=r"targets must lie in \[0, 10\)"):
         lm.value_and_grad(ids, ids - 1, None)
+
+
+def test_finish_after_a_forward_of_another_length():
+    """forward() runs the inference programs, so it leaves begin()'s buffers alone; finish
+    checks d_out against begin's sequence length, not the last call's."""
+    m = gg.LSTM(3, 4, dtype=np.float64)
+    rng = np.random.default_rng(8)
+    xs, d_out = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    prog = compiler.compile(m, 5, 2)
+    g_ref, dx_ref, _ = prog.vjp(xs, None, d_out)
+    prog.begin(xs)
+    prog.forward(rng.standard_normal((9, 2, 3)))      # e.g. a validation batch in between
+    g, dx, _ = prog.finish(d_out)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for k in g_ref:
+        np.testing.assert_array_equal(g[k], g_ref[k])
+    prog.begin(xs)
+    prog.forward(rng.standard_normal((9, 2, 3)))
+    with pytest.raises(ValueError, match=r"d_out: shape \[9, 2, 4\], expected \[5, 2, 4\]"):
+        prog.finish(rng.standard_normal((9, 2, 4)))
+
+
+@pytest.mark.parametrize("make,targets", [
+    (lambda: gg.LanguageModel(7, 5, cell="gru", batch_first=True, dtype=np.float64),
+     lambda rng, B, T: rng.integers(0, 7, (B, T))),
+    (lambda: gg.SequenceClassifier(3, 5, 4, cell="lstm", batch_first=True, dtype=np.float64),
+     lambda rng, B, T: rng.integers(0, 4, B)),
+    (lambda: gg.SequenceRegressor(3, 5, cell="rnn", batch_first=True, dtype=np.float64),
+     lambda rng, B, T: rng.standard_normal(B)),
+], ids=["language_model", "classifier", "regressor"])
+def test_value_and_grad_of_batch_first_task_models(make, targets):
+    """Inputs (B, T, ...): the initial state has B rows and a many-to-one head reads each
+    row's last step (out[:, -1]), as in the time-major model."""
+    B, T = 3, 5
+    m = make()
+    rng = np.random.default_rng(9)
+    xs = rng.integers(0, 7, (B, T)) if isinstance(m, gg.LanguageModel) else \
+        rng.standard_normal((B, T, 3))
+    tg = targets(rng, B, T)
+    loss, grads, _ = compiler.compile(m, T, B).value_and_grad(xs, tg)
+    ref = m.loss(xs, tg)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    want = _tape_grads(m, ref)
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for k, v in want.items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-10, atol=1e-13)
+    if not isinstance(m, gg.LanguageModel):     # the time-major model on the same data
+        m.rnn.batch_first = False
+        assert m.loss(np.swapaxes(xs, 0, 1), tg).item() == pytest.approx(loss, rel=1e-12)
+
+
+def test_parameters_set_directly_are_checked():
+    """Parameters are read on every call; data set on one directly (p.data = ...) must have
+    the compiled shape and dtype (the tape refuses mixed dtypes too: no silent casts)."""
+    m = gg.RNN(3, 4)
+    prog = compiler.compile(m, 5, 2)
+    xs = np.ones((5, 2, 3), np.float32)
+    p = m.parameters()["weight_hh_l0"]
+    w = p.data
+    p.data = w.astype(np.float64)
+    with pytest.raises(TypeError, match="parameter weight_hh_l0: dtype float64, the program "
+                                        "was compiled for float32"):
+        prog.forward(xs)
+    p.data = w[:2]
+    with pytest.raises(ValueError, match=r"parameter weight_hh_l0: shape \[2, 4\]"):
+        prog.vjp(xs, None, np.ones((5, 2, 4), np.float32))
+    p.data = 2 * w                                      # the right kind: used as it is
+    np.testing.assert_allclose(prog.forward(xs)[0], m(xs)[0].data, rtol=1e-5, atol=1e-6)
