@@ -269,7 +269,8 @@ class CompiledProgram(ReferenceProgram):
     def _states_per_step(self, T):
         cls = [cl for row in self.compiled for cl in row]
         if any(cl.ld.reverse for cl in cls):
-            raise ValueError("return_states: a bidirectional model has no state 'after step t'")
+            raise ValueError("return_states: a model that runs backwards in time (bidirectional, "
+                             "or a Recurrent with reverse=True) has no state 'after step t'")
         return [self._pack_state([[leaf[t] for leaf in cl.last_states] for cl in cls])
                 for t in range(T + 1)]
 
@@ -288,10 +289,12 @@ class CompiledProgram(ReferenceProgram):
         return super()._xs(xs)
 
     def vjp(self, xs, state0, d_out, d_state_T=None, _mode="train"):
-        self._mode, self._begun = _mode, False      # vjp reuses the buffers begin() filled
+        self._mode = _mode
         return super().vjp(xs, state0, d_out, d_state_T)
 
     def _record(self, xs, s0, d_sT):
+        # (after vjp's argument checks) the buffers a pending begin() filled are overwritten now
+        self._begun = False
         # vjp runs both phases before it returns: the native side may read xs in place, and
         # the outputs it drops need no copies (a layer's y is read by the layer above only
         # before this layer's buffers are written again, in its own backward phase)
@@ -388,7 +391,12 @@ def compile(model, seq_len, batch, **options):
     TrainingProgram with value_and_grad(xs, targets, state0) as well. Options: dtype,
     input_size= and state= (custom Recurrent), threads=1|2, split="auto"|"cols"|"batch"|
     "pipeline" (how two threads share the work; see runtime/program.py), unroll=False,
-    backend="native"|"numpy", opt=3."""
+    backend="native"|"numpy", opt=3, keep_dumps=False (keep the IR after every pass for
+    prog.dump).
+
+    Parameters are read on every call, so optimizer steps, in-place updates and
+    load_state_dict take effect without recompiling; numpy arrays a custom step closes over
+    are constants of the program, fixed at compile time."""
     _check_options(model, seq_len, batch, options)
     if hasattr(model, "head_loss") and hasattr(model, "rnn"):
         from .training import TrainingProgram
@@ -427,3 +435,14 @@ def _check_options(model, seq_len, batch, options):
             raise ValueError(f"compile: {name} must be {words}, got {v!r}")
     if not isinstance(options.get("unroll", False), bool):
         raise ValueError(f"compile: unroll must be True or False, got {options['unroll']!r}")
+    if options.get("threads", 1) == 2 and options.get("backend", "native") != "native":
+        raise ValueError(f"compile: threads=2 runs native code; backend={options['backend']!r} "
+                         f"runs in numpy on one thread")
+    isz = options.get("input_size")
+    if isz is not None:
+        if isinstance(isz, bool) or not isinstance(isz, numbers.Integral) or isz < 1:
+            raise ValueError(f"compile: input_size must be a positive int, got {isz!r}")
+        own = getattr(getattr(model, "rnn", model), "input_size", None)
+        if own is not None and isz != own:
+            raise ValueError(f"compile: input_size={isz}, but the model's input_size is {own} "
+                             f"(input_size= is for a custom Recurrent)")

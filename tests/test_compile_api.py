@@ -214,11 +214,22 @@ def _lstm_prog(T=6, B=3):
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=True), ValueError,
      "compile: threads must be 1 or 2, got True"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, unroll="yes"), ValueError, "unroll must be"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=2, backend="numpy"), ValueError,
+     "threads=2 runs native code; backend='numpy'"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, input_size=7), ValueError,
+     "input_size=7, but the model's input_size is 4"),
+    (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}), 6, 2, input_size=2.5,
+                              state=np.zeros((2, 5))), ValueError,
+     r"input_size must be a positive int, got 2\.5"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, thread=2), TypeError, "unknown option"),
     (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}), 6, 2, input_size=4,
                               state=np.zeros((3, 5))), ValueError, r"state= leaf 0 has shape"),
     (lambda: _lstm_prog().finish(np.ones((6, 3, 5), np.float32)), RuntimeError,
      "call begin"),
+    (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}, reverse=True), 6, 2,
+                              input_size=4, state=np.zeros((2, 5))).forward(
+        np.ones((6, 2, 4)), np.zeros((2, 5)), return_states=True), ValueError,
+     r"backwards in time \(bidirectional, or a Recurrent with reverse=True\)"),
     (lambda: _lstm_prog().forward(np.ones((6, 3, 4), np.float32), np.zeros((1, 3, 5),
                                                                           np.float32)),
      TypeError, r"expected a tuple of 2 arrays \(h, c\), got one array"),
@@ -238,6 +249,11 @@ def test_finish_needs_its_own_begin():
     prog.finish(d_out)
     with pytest.raises(RuntimeError, match="call begin"):
         prog.finish(d_out)
+    # a vjp refused by its argument checks runs nothing, so the pending begin() stands
+    out, _ = prog.begin(xs)
+    with pytest.raises(ValueError, match="d_out"):
+        prog.vjp(xs, None, np.ones((6, 3, 4), np.float32))
+    np.testing.assert_array_equal(prog.finish(d_out)[1], prog.vjp(xs, None, d_out)[1])
     prog.begin(xs)
     prog.vjp(xs, None, d_out)
     with pytest.raises(RuntimeError, match="call begin"):
