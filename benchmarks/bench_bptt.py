@@ -35,6 +35,8 @@ BURST_MS = 30.0
 # ms alone or 10 ms later (it shared its two cores with the spinning worker).
 SETTLE_S = 0.05
 PEER_ORDER = ["compiled", "compiled-custom", "torch", "torch-loop", "jax", "tape"]
+# float32 over up to 100 steps: the peers sum in different orders (measured up to ~1e-5)
+AGREE_TOL = 1e-3
 
 
 def pin(threads):
@@ -99,14 +101,33 @@ def worker(threads, cells, configs, peers, repeats):
                 except ImportError as e:
                     print(json.dumps({"cell": cell, "cfg": cfg, "peer": name, "skip": str(e)}),
                           flush=True)
-            for fn in fns.values():     # warm-up: JIT, caches, thread pools
-                fn(), fn()
+            first = {}
+            for name, fn in fns.items():     # warm-up (JIT, caches, thread pools) + gradients
+                first[name] = P.gradients(name, fn(), model)
+                fn()
+            err = agreement(first, cell, cfg)
             inner = {name: auto_inner(fn, BURST_MS) for name, fn in fns.items()}
             samples, cpu = round_robin(fns, inner, repeats)
             for name, ms in samples.items():
                 print(json.dumps({"cell": cell, "cfg": cfg, "peer": name,
                                   "ms": statistics.median(ms),
-                                  "cores": statistics.median(cpu[name])}), flush=True)
+                                  "cores": statistics.median(cpu[name]),
+                                  "err": err.get(name)}), flush=True)
+
+
+def agreement(first, cell, cfg):
+    """Each peer's relative difference from the compiled program's gradients (every weight and
+    the inputs' gradient, from its first call); a peer that computed something else stops the
+    run, since its time would not be comparable."""
+    from peers import disagreement
+    ref = first.get("compiled", first.get("tape"))
+    err = {}
+    for name, g in first.items():
+        err[name], what = disagreement(g, ref) if ref is not None else (0.0, "")
+        if err[name] > AGREE_TOL:
+            raise SystemExit(f"{name} {cell} {tuple(cfg)}: gradient {what} differs from the "
+                             f"compiled program's by {err[name]:.1e} (relative); not timed")
+    return err
 
 
 def run_workers(args):
@@ -195,14 +216,27 @@ def main(argv=None, prog=None, parser=argparse.ArgumentParser):
           file=sys.stderr)
     text = table(rows, max(peaks))
     print(text)
+    checked = agreement_note(rows)
+    print(checked, file=sys.stderr)
     if not args.quick:
         given = sys.argv[1:] if argv is None else list(argv)
         cmd = " ".join([prog or "python benchmarks/" + os.path.basename(__file__)] + given)
-        write_report(args.out, text, peaks, cmd)
+        write_report(args.out, text, peaks, cmd, checked)
     return 0
 
 
-def write_report(path, text, peaks, cmd):
+def agreement_note(rows):
+    errs = [(r["err"], r["peer"], r["threads"], r["cell"], tuple(r["cfg"])) for r in rows
+            if r.get("err") is not None and r["peer"] != "compiled"]
+    if not errs:
+        return "No peer's gradients were compared with the compiled program's."
+    e, peer, th, cell, cfg = max(errs)
+    return (f"Before its timing, every peer's gradients (all weights and the inputs) were compared "
+            f"with the compiled program's on the same data: the largest relative difference was "
+            f"{e:.1e} ({peer}, {th} thread{'s' if th > 1 else ''}, {cell} {cfg}).")
+
+
+def write_report(path, text, peaks, cmd, checked=""):
     import llvmlite.binding as llvm
     import numpy as np
     intro = (f"# Benchmarks\n\nOne BPTT training step: forward over T steps and backward with every "
@@ -213,7 +247,8 @@ def write_report(path, text, peaks, cmd):
              f"`{llvm.get_host_cpu_name()}`, {os.cpu_count()} cores, numpy {np.__version__}. "
              f"Measured float32 FMA peak: **{max(peaks):.1f} GFLOP/s per core**, the higher of "
              f"two readings taken before and after the timings "
-             f"({' and '.join(f'{p:.1f}' for p in peaks)}; `python benchmarks/fma_peak.py`).\n\n")
+             f"({' and '.join(f'{p:.1f}' for p in peaks)}; `python benchmarks/fma_peak.py`).\n\n"
+             + (f"{checked}\n\n" if checked else ""))
     notes = ""
     if os.path.exists(path):     # hand-written reading notes below the table survive a re-run
         old = open(path).read()

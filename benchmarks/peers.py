@@ -2,7 +2,9 @@
 
 Each `make_*` returns a zero-argument callable that runs one step, or raises ImportError when the
 peer is not installed. All peers see the same weights, inputs and output cotangent, and the same
-workload: out = model(xs, h0); grads of sum(out * d_out) w.r.t. weights, xs and h0.
+workload: out = model(xs, h0); grads of sum(out * d_out) w.r.t. weights, xs and h0. A step returns
+whatever holds its gradients (no copies inside the timing); `gradients` reads them out in one
+layout, so the benchmark can check that every peer computed the same thing before timing it.
 """
 from __future__ import annotations
 
@@ -84,13 +86,20 @@ def make_tape(model, xs, d_out):
         x = gg.Tensor(xs, requires_grad=True)
         out, _ = model(x)
         out.backward(d_out)
+        return model.parameters(), x
     return step
+
+
+def _torch_dtype(model):
+    import torch
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+        np.dtype(model.dtype)]
 
 
 def _torch_model(model):
     import torch
     cls = {"rnn_tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.mode]
-    tm = cls(model.input_size, model.hidden_size)
+    tm = cls(model.input_size, model.hidden_size, dtype=_torch_dtype(model))
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     return tm
 
@@ -106,6 +115,7 @@ def make_torch(model, xs, d_out):
         x.grad = None
         out, _ = tm(x)
         out.backward(g)
+        return dict(tm.named_parameters()), x
     return step
 
 
@@ -123,8 +133,8 @@ def make_torch_loop(model, xs, d_out):
     def step():
         for t in p.values():
             t.grad = None
-        h = torch.zeros(B, H)
-        c = torch.zeros(B, H)
+        h = torch.zeros(B, H, dtype=x.dtype)
+        c = torch.zeros(B, H, dtype=x.dtype)
         outs = []
         for t in range(T):
             gates = x[t] @ p["weight_ih_l0"].T + p["bias_ih_l0"] + h @ p["weight_hh_l0"].T \
@@ -134,6 +144,7 @@ def make_torch_loop(model, xs, d_out):
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)
         torch.stack(outs).backward(g)
+        return p, x
     return step
 
 
@@ -172,6 +183,40 @@ def make_jax(model, xs, d_out):
     g = jax.jit(jax.grad(loss, argnums=(0, 1)))
     xj, dj = jnp.asarray(xs), jnp.asarray(d_out)
     return lambda: jax.block_until_ready(g(p, xj, dj))
+
+
+def gradients(peer, result, model):
+    """{state_dict name: dL/dW, "xs": dL/dxs} in float64 from what peer's step returned."""
+    def np64(a):
+        a = a.detach().numpy() if hasattr(a, "detach") else a
+        return np.asarray(a, np.float64)
+    if peer == "compiled":
+        grads, d_xs, _ = result
+    elif peer == "compiled-custom":
+        (g, d_xs, _), H = result, model.hidden_size
+        # W_i = weight_ih_l0[rows].T, ..., b_i = bias_ih_l0[rows] + bias_hh_l0[rows]
+        grads = {"weight_ih_l0": np.concatenate([g[f"W_{k}"].T for k in "ifgo"]),
+                 "weight_hh_l0": np.concatenate([g[f"U_{k}"].T for k in "ifgo"]),
+                 "bias_ih_l0": np.concatenate([g[f"b_{k}"] for k in "ifgo"])}
+        grads["bias_hh_l0"] = grads["bias_ih_l0"]
+    elif peer == "jax":
+        g, d_xs = result
+        grads = {k + "_l0": v for k, v in g.items()}
+    else:   # tape, torch, torch-loop: (parameters by state_dict name, input), .grad on each
+        params, x = result
+        grads, d_xs = {k: p.grad for k, p in params.items()}, x.grad
+    out = {k: np64(v) for k, v in grads.items()}
+    out["xs"] = np64(d_xs)
+    return out
+
+
+def disagreement(a, b):
+    """Largest relative difference between two `gradients` dicts: (error, name)."""
+    worst = (0.0, "")
+    for k in b:
+        scale = max(float(np.linalg.norm(b[k])), 1e-30)
+        worst = max(worst, (float(np.linalg.norm(a[k] - b[k])) / scale, k))
+    return worst
 
 
 PEERS = {"compiled": make_compiled, "compiled-custom": make_compiled_custom, "tape": make_tape,

@@ -82,3 +82,19 @@ def test_round_robin_lets_each_peer_start_on_quiet_cores():
     gaps = [b[1] - a[1] for a, b in zip(log, log[1:]) if a[0] != b[0]]
     assert min(gaps) >= 0.02
     assert all(ms >= 1.0 for v in samples.values() for ms in v)   # per call, not per burst
+
+
+def test_a_peer_that_computes_other_gradients_is_not_timed():
+    import numpy as np
+    ref = {"weight_hh_l0": np.ones((4, 2)), "xs": np.ones((3, 1, 2))}
+    close = {k: v * (1 + 1e-6) for k, v in ref.items()}
+    err = bench_bptt.agreement({"compiled": ref, "torch": close}, "lstm", (1, 2, 2, 3))
+    assert err["compiled"] == 0.0 and err["torch"] == pytest.approx(1e-6)
+    off = dict(ref, xs=2 * ref["xs"])
+    with pytest.raises(SystemExit, match=r"jax lstm \(1, 2, 2, 3\): gradient xs differs .* "
+                                         r"1\.0e\+00 .* not timed"):
+        bench_bptt.agreement({"compiled": ref, "jax": off}, "lstm", (1, 2, 2, 3))
+    rows = [{"peer": p, "threads": 1, "cell": "lstm", "cfg": [1, 2, 2, 3], "ms": 1.0, "err": e}
+            for p, e in (("compiled", 0.0), ("torch", 2e-6), ("jax", 5e-7))]
+    assert "largest relative difference was 2.0e-06 (torch, 1 thread, lstm (1, 2, 2, 3))" in \
+        bench_bptt.agreement_note(rows)
