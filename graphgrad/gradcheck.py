@@ -114,10 +114,12 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
 
 def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64,
                     directions=8, seed=0, raise_on_failure=True) -> GradcheckReport:
-    """Check every parameter of `model` and every float64 array argument of `model(*args)`.
+    """Check every parameter of `model` and every float64 array argument of `model(*args)`,
+    including the arrays inside a tuple argument such as an LSTM's initial state (h0, c0).
 
     The model's first output is projected onto a fixed random tensor; parameters are perturbed in
-    place (and restored), so any Module works without re-plumbing its parameters.
+    place (and restored, with the gradients they held), so any Module works without re-plumbing
+    its parameters.
     """
     _check_eps("gradcheck_model", eps)
     params = model.parameters()
@@ -125,10 +127,19 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
         if p.data.dtype != np.float64:
             raise TypeError(f"gradcheck_model: parameter {k!r} is {p.data.dtype}; build the model "
                             f"with dtype=np.float64")
-    arg_pos = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.dtype == np.float64]
-    names = list(params) + [f"arg{i}" for i in arg_pos]
-    arrays = [p.data.copy() for p in params.values()] + [args[i].copy() for i in arg_pos]
+    # float64 arrays among the arguments, and inside tuple arguments (an LSTM's (h0, c0)):
+    # (position, index in the tuple or None)
+    slots = []
+    for i, a in enumerate(args):
+        if _is_float64_array(a):
+            slots.append((i, None))
+        elif isinstance(a, tuple):
+            slots += [(i, j) for j, x in enumerate(a) if _is_float64_array(x)]
+    names = list(params) + [f"arg{i}" if j is None else f"arg{i}[{j}]" for i, j in slots]
+    arrays = [p.data.copy() for p in params.values()] + \
+        [(args[i] if j is None else args[i][j]).copy() for i, j in slots]
     rng = np.random.default_rng(seed)
+    saved_grads = [None if p.grad is None else p.grad.copy() for p in params.values()]
 
     def first(out):
         return out[0] if isinstance(out, tuple) else out
@@ -136,11 +147,15 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
     def run(vals, grad):
         for p, v in zip(params.values(), vals):
             p.data = v
-        call_args = list(args)
+        call_args = [list(a) if isinstance(a, tuple) else a for a in args]
         tensors = []
-        for i, v in zip(arg_pos, vals[len(params):]):
-            call_args[i] = Tensor(v, requires_grad=grad)
-            tensors.append(call_args[i])
+        for (i, j), v in zip(slots, vals[len(params):]):
+            tensors.append(Tensor(v, requires_grad=grad))
+            if j is None:
+                call_args[i] = tensors[-1]
+            else:
+                call_args[i][j] = tensors[-1]
+        call_args = [tuple(c) if isinstance(a, tuple) else c for a, c in zip(args, call_args)]
         return first(model(*call_args)), tensors
 
     try:
@@ -159,12 +174,18 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
         reports = [_compare(name, f, arrays, k, g, eps, max_elements, directions, rng)
                    for k, (name, g) in enumerate(zip(names, grads))]
     finally:
-        for p, a in zip(params.values(), arrays):
-            p.data = a
+        # the model comes back as it was: its weights, and the gradients it held (the check's
+        # own, of a random projection, must not leak into the caller's next backward())
+        for p, a, g in zip(params.values(), arrays, saved_grads):
+            p.data, p.grad = a, g
     report = GradcheckReport(reports, rtol, atol)
     if raise_on_failure and not report.ok:
         raise GradcheckError(report)
     return report
+
+
+def _is_float64_array(a):
+    return isinstance(a, np.ndarray) and a.dtype == np.float64
 
 
 def _compare(name, f, arrays, k, g, eps, max_elements, directions, rng):

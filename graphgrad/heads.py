@@ -107,18 +107,26 @@ class LanguageModel(Module):
 
         temperature -> 0 approaches greedy decoding; larger values flatten the distribution.
         """
-        if temperature <= 0:
+        if not temperature > 0:     # also refuses NaN
             raise ValueError(f"sample: temperature must be > 0, got {temperature}")
         rng = np.random.default_rng(rng)
-        prefix = np.asarray(prefix, dtype=np.int64).reshape(-1, 1)
+        prefix = np.asarray(prefix)
         if prefix.size == 0:
             raise ValueError("sample: needs at least one prefix id to start from")
+        if prefix.dtype.kind not in "iu":
+            raise TypeError(f"sample: prefix ids must be integers, got {prefix.dtype}")
+        prefix = prefix.astype(np.int64).reshape(-1, 1)
         out = []
         with no_grad():
             logits, state = self(prefix)
             last = logits.data[-1, 0]
             for _ in range(n):
-                p = softmax(Tensor(last.astype(np.float64) / temperature)).data
+                # shift before dividing: a tiny temperature then sends every logit but the
+                # largest to -inf (greedy) instead of overflowing to inf - inf = NaN
+                z = last.astype(np.float64)
+                with np.errstate(over="ignore"):
+                    z = (z - z.max()) / temperature
+                p = softmax(Tensor(z)).data
                 nxt = int(rng.choice(self.vocab_size, p=p / p.sum()))
                 out.append(nxt)
                 logits, state = self(np.array([[nxt]]), state)

@@ -300,10 +300,22 @@ def init_weights(model, recurrent="uniform", forget_bias=None, seed=0):
 def lm_config(model):
     """JSON-able description from which `build_lm` rebuilds the same LanguageModel."""
     rnn = model.rnn
-    return {"vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
-            "cell": model.cell, "num_layers": rnn.num_layers,
-            "embed_size": None if model.embedding is None else model.embedding.shape[1],
-            "dtype": model.dtype.name}
+    # the cell's variant by its make_rnn name (LanguageModel(cell="rnn", nonlinearity="relu")
+    # must not come back as a tanh RNN of the same shapes)
+    cell = model.cell
+    if getattr(rnn, "nonlinearity", "tanh") == "relu":
+        cell = "rnn_relu"
+    if getattr(rnn, "reset_after", True) is False:
+        cell = "gru_v1"
+    cfg = {"vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
+           "cell": cell, "num_layers": rnn.num_layers,
+           "embed_size": None if model.embedding is None else model.embedding.shape[1],
+           "dtype": model.dtype.name}
+    # the other core options only when they differ from the defaults
+    for k, default in (("bias", True), ("bidirectional", False), ("batch_first", False)):
+        if getattr(rnn, k) != default:
+            cfg[k] = getattr(rnn, k)
+    return cfg
 
 
 def build_lm(cfg, seed=0):

@@ -170,7 +170,13 @@ def test_gradcheck_builtin_and_custom(tmp_path):
     (["train", "--text", "short.txt"], ["too few"]),
     (["train", "--resume"], ["--resume needs --checkpoint"]),
     (["train", "--checkpoint", "no/such/dir/ck.npz"], ["directory does not exist"]),
+    (["train", "--text", "short.txt", "--checkpoint", "adir"],
+     ["--checkpoint adir names a directory"]),
+    (["train", "--text", "short.txt", "--checkpoint", "adir/"],
+     ["--checkpoint adir/ names a directory"]),
+    (["compile", "--model", "broken.py:make"], ["broken.py:make raised RuntimeError: boom"]),
     (["train", "--text", "short.txt", "--forget-bias", "1", "--cell", "gru"], ["too few"]),
+    (["train", "--text", "short.txt", "--forget-bias", "nan"], ["--forget-bias", "finite"]),
     (["sample", "corrupt.npz"], ["corrupt"]),
     (["sample", "other.npz"], ["other.npz is not a graphgrad checkpoint"]),
     (["sample"], ["required: checkpoint"]),
@@ -186,6 +192,8 @@ def test_bad_arguments_and_files(tmp_path, args, words):
     (tmp_path / "short.txt").write_text("abc")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
     np.savez(tmp_path / "other.npz", a=np.ones(3))
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "broken.py").write_text("def make():\n    raise RuntimeError('boom')\n")
     one_line_error(gg(*args, cwd=tmp_path), *words)
 
 

@@ -285,6 +285,49 @@ def test_gradcheck_catches_a_wrong_vjp(monkeypatch):
         gg.gradcheck(gg.mul, [np.array([1.0, 2.0]), np.array([3.0, -1.0])], rtol=1e-6, atol=0.0)
 
 
+
+def test_gradcheck_model_checks_tuple_state_arguments(monkeypatch):
+    """The arrays inside a tuple argument (an LSTM-style (h0, c0)) are checked like an array
+    argument; they were skipped, so a wrong gradient reaching only c0 passed. With T = 1 the
+    exp below sees c0 alone, so scaling its VJP by 1.001 must fail exactly arg1[1]."""
+    def step(p, x, state):
+        h, c = state
+        c = gg.exp(c) * 0.5 + gg.tanh(x @ p["Wx"] + h @ p["Wh"])
+        h = gg.tanh(c)
+        return h, (h, c)
+    rng = np.random.default_rng(0)
+    m = gg.Recurrent(step, {"Wx": rng.standard_normal((3, 4)) * .5,
+                            "Wh": rng.standard_normal((4, 4)) * .5})
+    xs, s0 = rng.standard_normal((1, 2, 3)), (rng.standard_normal((2, 4)) * .5,
+                                              rng.standard_normal((2, 4)) * .5)
+    rep = gg.gradcheck_model(m, xs, s0)
+    assert [r.name for r in rep.inputs] == ["Wx", "Wh", "arg0", "arg1[0]", "arg1[1]"]
+    monkeypatch.setattr(gg.PRIMITIVES["exp"], "vjps", (lambda g, a, x: g * a * 1.001,))
+    rep = gg.gradcheck_model(m, xs, s0, raise_on_failure=False)
+    assert not rep.ok
+    assert [r.name for r in rep.inputs if r.max_rel_err > rep.rtol] == ["arg1[1]"]
+
+
+def test_gradcheck_model_leaves_weights_and_gradients_as_they_were():
+    """Its own gradients (of a random projection) stayed in every .grad, replacing the caller's,
+    and the next backward() accumulated onto them."""
+    m = gg.GRU(3, 4, dtype=np.float64)
+    xs = np.random.default_rng(0).standard_normal((3, 2, 3))
+    out, _ = m(xs)
+    (out * out).sum().backward()
+    before = {k: (p.data.copy(), p.grad.copy()) for k, p in m.parameters().items()}
+    gg.gradcheck_model(m, xs)
+    for k, p in m.parameters().items():
+        np.testing.assert_array_equal(p.data, before[k][0])
+        np.testing.assert_array_equal(p.grad, before[k][1])
+    m.zero_grad()
+    gg.gradcheck_model(m, xs)
+    assert all(p.grad is None for p in m.parameters().values())
+    out, _ = m(xs)
+    (out * out).sum().backward()
+    for k, p in m.parameters().items():
+        np.testing.assert_allclose(p.grad, before[k][1], rtol=1e-12)
+
 def test_astype_gradient_dtypes():
     x32 = gg.Tensor(np.array([0.5, -1.25, 3.0], np.float32), requires_grad=True)
     y = gg.astype(x32, F64)

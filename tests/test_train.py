@@ -322,6 +322,21 @@ def test_lm_config_round_trip():
         np.testing.assert_array_equal(again.state_dict()[k], v)
 
 
+
+@pytest.mark.parametrize("kw", [{"cell": "rnn", "nonlinearity": "relu"},
+                                {"cell": "gru", "reset_after": False},
+                                {"cell": "lstm", "bias": False},
+                                {"cell": "gru", "bidirectional": True, "num_layers": 2}])
+def test_lm_config_keeps_the_core_options(kw):
+    """build_lm(lm_config(m)) is the same function as m (what `graphgrad sample` relies on): a
+    relu RNN came back tanh and a reset-before GRU reset-after, with the same shapes, so the
+    checkpoint loaded and the samples silently came from another model."""
+    m = gg.LanguageModel(5, 4, seed=1, **kw)
+    again = train.build_lm(train.lm_config(m))
+    again.load_state_dict(m.state_dict())
+    ids = np.array([[1, 0], [2, 4], [3, 3]])
+    np.testing.assert_array_equal(again(ids)[0].data, m(ids)[0].data)
+
 def test_backends():
     assert train.get_backend("tape").name == "tape"
     assert train.get_backend("auto").name == "compiled"   # the compiler is part of the package
@@ -430,3 +445,27 @@ def test_bidirectional_window_is_one_call_on_both_backends():
         tr = train.Trainer(m, optim.SGD(m.parameters(), 0.3), k1=4, backend=backend)
         final[backend.name] = [r.loss for r in tr.run_epoch(S)]
     np.testing.assert_allclose(final["compiled"], final["tape"], rtol=1e-10)
+
+
+def test_sample_draws_from_softmax_of_logits_over_temperature():
+    """Draws follow softmax(logits / T) given the state after the prefix; a tiny temperature is
+    greedy decoding (it overflowed to inf - inf = NaN: 'Probabilities contain NaN'); a prefix
+    of non-integer ids is refused, not truncated."""
+    model = gg.LanguageModel(4, 5, cell="gru", seed=3)
+    model.head.weight.data *= 6
+    prefix = np.array([1, 2, 3])
+    logits, _ = model(prefix.reshape(-1, 1))
+    z = logits.data[-1, 0].astype(np.float64)
+    for temp in (0.5, 2.0):
+        p = np.exp(z / temp - np.max(z / temp))
+        p /= p.sum()
+        n = 600
+        draws = [model.sample(prefix, 1, temperature=temp, rng=s)[0] for s in range(n)]
+        freq = np.bincount(draws, minlength=4) / n
+        assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-12), (temp, freq, p)
+    for temp in (1e-6, 1e-300, 1e-310, 5e-324):
+        assert model.sample(prefix, 1, temperature=temp, rng=0)[0] == np.argmax(z), temp
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(prefix, 1, temperature=float("nan"))
+    with pytest.raises(TypeError, match="integers"):
+        model.sample([1.5], 1)

@@ -34,7 +34,11 @@ def run(args):
         if given:
             raise ValueError(f"{', '.join(given)} describe the built-in --cell; the model "
                              f"{args.model} returns is compiled as it is")
-        made = load_function(args.model)()
+        fn = load_function(args.model)
+        try:
+            made = fn()
+        except Exception as e:  # the user's code: one line, as gradcheck and flow report it
+            raise ValueError(f"{args.model} raised {type(e).__name__}: {e}") from e
         if isinstance(made, tuple) and len(made) != 2:
             raise ValueError(f"{args.model} must return a model or (model, example_state), got "
                              f"a tuple of {len(made)}")

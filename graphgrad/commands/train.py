@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from .common import fraction, positive_float, positive_int
+from .common import finite_float, fraction, positive_float, positive_int
 
 HELP = "train a character-level language model on a text file (truncated BPTT)"
 
@@ -35,7 +35,7 @@ def add_arguments(p):
     a("--no-clip", action="store_true", help="do not clip by norm")
     a("--init", default="uniform", choices=["uniform", "orthogonal"],
       help="recurrent weights: PyTorch's uniform (default) or orthogonal")
-    a("--forget-bias", type=float, help="LSTM forget-gate bias (e.g. 1.0)")
+    a("--forget-bias", type=finite_float, help="LSTM forget-gate bias (e.g. 1.0)")
     a("--epochs", type=positive_int, default=1, help="passes over the text (default 1)")
     a("--max-steps", type=positive_int, help="stop after this many updates in total")
     a("--val-frac", type=fraction, default=0.1, help="held-out tail of the text (default 0.1)")
@@ -100,6 +100,11 @@ def run(args):
     if args.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
         raise FileNotFoundError(f"checkpoint directory does not exist: "
                                 f"{os.path.dirname(os.path.abspath(args.checkpoint))}")
+    # refused now, not at the first save after minutes of training
+    if args.checkpoint and (os.path.isdir(args.checkpoint)
+                            or args.checkpoint.endswith((os.sep, "/"))):
+        raise ValueError(f"--checkpoint {args.checkpoint} names a directory; give a file path "
+                         f"such as {os.path.join(args.checkpoint, 'model.npz')}")
     train.blas_threads(1)
     try:
         backend = train.get_backend(args.backend)
