@@ -115,11 +115,13 @@ class LanguageModel(Module):
             raise ValueError("sample: needs at least one prefix id to start from")
         if prefix.dtype.kind not in "iu":
             raise TypeError(f"sample: prefix ids must be integers, got {prefix.dtype}")
-        prefix = prefix.astype(np.int64).reshape(-1, 1)
+        # one sequence: (T, 1) ids, or (1, T) for a batch_first core; logits alike
+        bf = self.rnn.batch_first
+        prefix = prefix.astype(np.int64).reshape((1, -1) if bf else (-1, 1))
         out = []
         with no_grad():
             logits, state = self(prefix)
-            last = logits.data[-1, 0]
+            last = logits.data[0, -1] if bf else logits.data[-1, 0]
             for _ in range(n):
                 # shift before dividing: a tiny temperature then sends every logit but the
                 # largest to -inf (greedy) instead of overflowing to inf - inf = NaN
@@ -130,7 +132,7 @@ class LanguageModel(Module):
                 nxt = int(rng.choice(self.vocab_size, p=p / p.sum()))
                 out.append(nxt)
                 logits, state = self(np.array([[nxt]]), state)
-                last = logits.data[-1, 0]
+                last = logits.data[0, 0]
         return np.array(out, dtype=np.int64)
 
 

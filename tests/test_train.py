@@ -469,3 +469,12 @@ def test_sample_draws_from_softmax_of_logits_over_temperature():
         model.sample(prefix, 1, temperature=float("nan"))
     with pytest.raises(TypeError, match="integers"):
         model.sample([1.5], 1)
+
+
+def test_sample_from_a_batch_first_model_equals_time_major():
+    # regression: the prefix went in as (T, 1), which a batch_first core reads as T sequences
+    tm = gg.LanguageModel(5, 4, cell="lstm", seed=2)
+    bf = gg.LanguageModel(5, 4, cell="lstm", seed=2, batch_first=True)
+    bf.load_state_dict(tm.state_dict())
+    prefix = [1, 4, 0, 3]
+    np.testing.assert_array_equal(bf.sample(prefix, 8, rng=7), tm.sample(prefix, 8, rng=7))
