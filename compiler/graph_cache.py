@@ -3,18 +3,18 @@
 Tracing a step takes milliseconds; differentiating, simplifying and scheduling it takes most of a
 second. So the traced graph's text (shapes, dtypes, attributes, every op), the batch size and a
 fingerprint of the compiler's own source key a pickle of the built schedules. The pickle is our
-own cache file, never user data; a corrupt or stale entry is rebuilt, never trusted.
+own cache file, never user data, and carries a checksum (runtime.cache.write_sealed): a corrupt,
+truncated or foreign entry is rebuilt (with a warning), never unpickled; one that no longer
+unpickles (a numpy or Python upgrade) is rebuilt too.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
-from runtime.cache import cache_dir
+from runtime.cache import cache_dir, read_sealed, write_sealed
 
 _SOURCES = ("compiler", "compiler/passes", "graphgrad/core.py", "graphgrad/ops.py")
 
@@ -58,20 +58,15 @@ def _path(k):
 
 
 def get(k):
+    data = read_sealed(_path(k), "schedule")
+    if data is None:
+        return None
     try:
-        with open(_path(k), "rb") as f:
-            return pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return pickle.loads(data)
+    except Exception:   # noqa: BLE001 - ours, but written by other code (classes moved, numpy)
         return None
 
 
 def put(k, value):
-    path = _path(k)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except OSError:
-        pass   # a cache that cannot be written only costs time
+    """Store value under k; a cache that cannot be written only costs time."""
+    write_sealed(_path(k), pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))

@@ -2,8 +2,11 @@
 
 The key covers everything that changes the machine code: IR text, target triple,
 CPU name and feature string (AVX-512 objects are not portable), opt level and any
-extra options. Writes go to a temp file then os.replace, so concurrent processes
-never see a partial object.
+extra options, and the code generator itself (LLVM version, the pass pipeline in runtime/jit.py).
+Writes go to a temp file then os.replace, so concurrent processes never see a partial object.
+Each file ends in a checksum of the object: a truncated, corrupt or foreign file is a miss
+(recompiled and replaced, with a warning), never loaded; an unreadable cache directory only
+costs the compile.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from runtime import jit
@@ -25,7 +29,8 @@ def cache_key(ir_text: str, opt: int = 3, options: dict | None = None,
               target: jit.TargetInfo | None = None) -> str:
     t = target or jit.target_info()
     meta = json.dumps({"triple": t.triple, "cpu": t.cpu, "features": t.features,
-                       "opt": opt, "options": options or {}}, sort_keys=True)
+                       "codegen": jit.codegen_id(), "opt": opt, "options": options or {}},
+                      sort_keys=True)
     h = hashlib.sha256()
     h.update(meta.encode())
     h.update(b"\0")
@@ -46,27 +51,60 @@ def compile_cached(ir_text, opt: int = 3, options: dict | None = None,
     d = Path(directory) if directory is not None else cache_dir()
     key = cache_key(key_text if key_text is not None else str(ir_text), opt, options)
     path = d / (key + ".o")
-    try:
-        return path.read_bytes(), True
-    except FileNotFoundError:
-        pass
+    obj = read_sealed(path, "object")
+    if obj is not None:
+        return obj, True
     obj = jit.compile_ir(str(ir_text() if callable(ir_text) else ir_text), opt)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(obj)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache must not break compilation
+    write_sealed(path, obj)
     return obj, False
 
 
+_SEAL = b"\0graphgrad-cache-v1\0"     # trailer: _SEAL + sha256 of the payload
+
+
+def write_sealed(path: Path, data: bytes) -> None:
+    """Write data + checksum to path atomically (temp file, os.replace). An unwritable or full
+    cache must not break compilation: errors are swallowed and the temp file removed."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.write(_SEAL + hashlib.sha256(data).digest())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def read_sealed(path: Path, what: str = "entry") -> bytes | None:
+    """The payload write_sealed stored at path; None when absent or unreadable, and (with a
+    warning) when truncated, corrupt or not written by write_sealed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None     # missing, or a cache directory we cannot use: compile uncached
+    n = len(_SEAL) + 32
+    body, seal, digest = data[:-n], data[-n:-32], data[-32:]
+    if len(data) >= n and seal == _SEAL and hashlib.sha256(body).digest() == digest:
+        return body
+    warnings.warn(f"graphgrad: ignoring a corrupt or foreign cached {what} {path} "
+                  f"(rebuilding it)", RuntimeWarning, stacklevel=3)
+    return None
+
+
 def clear(directory: str | os.PathLike | None = None) -> int:
-    """Delete cached objects; returns how many were removed."""
+    """Delete cached objects and schedules (graphs/*.pkl); returns how many were removed."""
     d = Path(directory) if directory is not None else cache_dir()
     n = 0
-    for p in d.glob("*.o"):
+    for p in [*d.glob("*.o"), *d.glob("graphs/*.pkl")]:
         p.unlink(missing_ok=True)
         n += 1
     return n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import itertools
 import struct
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ def target_info() -> TargetInfo:
     _init()
     return TargetInfo(llvm.get_process_triple(), llvm.get_host_cpu_name(),
                       llvm.get_host_cpu_features().flatten())
+
+
+@functools.cache
+def _source_hash() -> str:
+    with open(__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def codegen_id() -> str:
+    """What besides the IR and the target decides the object code: the LLVM and llvmlite
+    versions and this module's pass pipeline (its source), so cached objects made by another
+    code generator are not loaded."""
+    import llvmlite
+    return f"llvm {llvm.llvm_version_info} llvmlite {llvmlite.__version__} jit {_source_hash()}"
 
 
 @functools.cache

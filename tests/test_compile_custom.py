@@ -316,6 +316,31 @@ def test_array_constants_are_part_of_the_schedule_cache_key(tmp_path, monkeypatc
         check(compare(prog, model, xs, h0), np.float64, f"array constant {value}")
 
 
+# a pickle opcode stream that makes pickle.loads raise UnicodeDecodeError, and a valid pickle
+# of something else (what another program or an old format could leave under the name)
+_DAMAGED_SCHEDULES = {"bad utf-8": b"\x80\x05X\x02\x00\x00\x00\xff\xfe.",
+                      "foreign pickle": __import__("pickle").dumps({"train": 1, "forward": 2})}
+
+
+@pytest.mark.parametrize("how", sorted(_DAMAGED_SCHEDULES))
+def test_damaged_schedule_cache_entry_is_rebuilt(tmp_path, monkeypatch, how):
+    """A damaged pickle in the schedule cache raised from compile() (UnicodeDecodeError,
+    ValueError, ... are not among the errors get() caught) or, unpickled, was used as the
+    layer's schedules (AttributeError: 'int' object has no attribute 'program')."""
+    monkeypatch.setenv("GRAPHGRAD_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    xs, h0 = rng.normal(size=(5, 2, I)), np.zeros((2, 4))
+    model = _with_array_constant(0.25)
+    compiler.compile(model, seq_len=5, batch=2, input_size=I, state=h0, backend="numpy")
+    (entry,) = (tmp_path / "graphs").glob("*.pkl")
+    entry.write_bytes(_DAMAGED_SCHEDULES[how])
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        prog = compiler.compile(model, seq_len=5, batch=2, input_size=I, state=h0,
+                                backend="numpy")
+    check(compare(prog, model, xs, h0), np.float64, f"schedule cache entry: {how}")
+    assert len(entry.read_bytes()) > 100        # rebuilt and stored again
+
+
 # ---------------------------------------------------------------- once-bugs, kept as regressions
 def test_step_whose_first_op_is_elementwise():
     """The first traced op an elementwise one (no producer group yet): grouping raised

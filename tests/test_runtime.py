@@ -76,7 +76,9 @@ def test_cache_dir_env(tmp_path, monkeypatch):
     assert cache.cache_dir() == tmp_path / "c"
     _, hit = cache.compile_cached(ADD1 + "; env\n")
     assert not hit and len(list((tmp_path / "c").glob("*.o"))) == 1
-    assert cache.clear() == 1
+    from compiler import graph_cache
+    graph_cache.put("k", {"a": 1})                 # schedules go too (they were left behind)
+    assert cache.clear() == 2 and not list((tmp_path / "c").rglob("*.*"))
 
 
 def test_vecmath_asm_is_zmm_fma():
@@ -100,3 +102,53 @@ def test_loaded_code_runs_on_numpy():
     f(y.ctypes.data, x.ctypes.data, x.size)
     np.testing.assert_allclose(y, np.exp(x), rtol=1e-15)
     assert os.path.exists(jit.__file__)
+
+
+# ---------------------------------------------------------------- a damaged or unusable cache
+def _damage(data, how):
+    return {"empty": b"", "truncated": data[:len(data) // 2], "foreign": b"not an object" * 9,
+            "flipped": data[:64] + bytes(b ^ 0xFF for b in data[64:128]) + data[128:]}[how]
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "foreign", "flipped"])
+def test_damaged_cache_entry_is_rebuilt_never_loaded(tmp_path, how):
+    """A truncated (crash, full disk), emptied or bit-flipped object file was returned as a hit
+    and handed to the loader: ValueError / struct.error, or flipped code that segfaulted."""
+    good, _ = cache.compile_cached(ADD1, directory=tmp_path)
+    (path,) = tmp_path.glob("*.o")
+    path.write_bytes(_damage(path.read_bytes(), how))
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        obj, hit = cache.compile_cached(ADD1, directory=tmp_path)
+    assert not hit and obj == good
+    obj, hit = cache.compile_cached(ADD1, directory=tmp_path)     # the entry was replaced
+    assert hit and obj == good
+    assert jit.load(obj, {"add1": DPROTO})["add1"](1.5) == 2.5
+
+
+def test_unusable_cache_directory_compiles_uncached(tmp_path):
+    """A cache 'directory' that is a file, or an entry that is a directory, raised
+    NotADirectoryError / IsADirectoryError from compile()."""
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    obj, hit = cache.compile_cached(ADD1, directory=afile)
+    assert not hit and jit.load(obj, {"add1": DPROTO})["add1"](1.0) == 2.0
+    (tmp_path / "d" / (cache.cache_key(ADD1) + ".o")).mkdir(parents=True)
+    obj, hit = cache.compile_cached(ADD1, directory=tmp_path / "d")
+    assert not hit and jit.load(obj, {"add1": DPROTO})["add1"](1.0) == 2.0
+
+
+def test_failed_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A write that fails (full disk) left its partial temp file behind, on every compile."""
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    _, hit = cache.compile_cached(ADD1, directory=tmp_path)
+    assert not hit and not list(tmp_path.iterdir())
+
+
+def test_cache_key_covers_the_code_generator(monkeypatch):
+    """Objects made by another LLVM (an llvmlite upgrade) were served for the same IR text."""
+    import llvmlite.binding as llvm
+    base = cache.cache_key(ADD1)
+    monkeypatch.setattr(llvm, "llvm_version_info", (1, 2, 3))
+    assert cache.cache_key(ADD1) != base
