@@ -116,17 +116,21 @@ def worker(threads, cells, configs, peers, repeats):
 
 
 def agreement(first, cell, cfg):
-    """Each peer's relative difference from the compiled program's gradients (every weight and
-    the inputs' gradient, from its first call); a peer that computed something else stops the
-    run, since its time would not be comparable."""
+    """Each peer's relative difference from the reference's gradients (the compiled program's,
+    or the tape's when compiled is not among the peers; every weight and the inputs' gradient,
+    from its first call); a peer that computed something else stops the run, since its time
+    would not be comparable. No reference among the peers: nothing is compared (None)."""
     from peers import disagreement
-    ref = first.get("compiled", first.get("tape"))
+    ref = "compiled" if "compiled" in first else "tape" if "tape" in first else None
     err = {}
     for name, g in first.items():
-        err[name], what = disagreement(g, ref) if ref is not None else (0.0, "")
+        if ref is None:
+            err[name] = None
+            continue
+        err[name], what = disagreement(g, first[ref])
         if err[name] > AGREE_TOL:
             raise SystemExit(f"{name} {cell} {tuple(cfg)}: gradient {what} differs from the "
-                             f"compiled program's by {err[name]:.1e} (relative); not timed")
+                             f"{ref} program's by {err[name]:.1e} (relative); not timed")
     return err
 
 
@@ -229,10 +233,11 @@ def agreement_note(rows):
     errs = [(r["err"], r["peer"], r["threads"], r["cell"], tuple(r["cfg"])) for r in rows
             if r.get("err") is not None and r["peer"] != "compiled"]
     if not errs:
-        return "No peer's gradients were compared with the compiled program's."
+        return "No peer's gradients were compared (neither compiled nor tape was among the peers)."
+    ref = "compiled program's" if any(r["peer"] == "compiled" for r in rows) else "tape's"
     e, peer, th, cell, cfg = max(errs)
     return (f"Before its timing, every peer's gradients (all weights and the inputs) were compared "
-            f"with the compiled program's on the same data: the largest relative difference was "
+            f"with the {ref} on the same data: the largest relative difference was "
             f"{e:.1e} ({peer}, {th} thread{'s' if th > 1 else ''}, {cell} {cfg}).")
 
 

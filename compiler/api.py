@@ -48,11 +48,10 @@ def joint_graph(ld, batch, dumps=None, tag="", adjoints=False):
 
 
 def _param_mismatch(name, v, aval):
-    if tuple(np.shape(v)) != aval.shape:
-        raise ValueError(f"parameter {name}: shape {list(np.shape(v))}, the program was compiled "
+    if v.shape != aval.shape:
+        raise ValueError(f"parameter {name}: shape {list(v.shape)}, the program was compiled "
                          f"for {list(aval.shape)}")
-    dt = getattr(v, "dtype", type(v).__name__)
-    raise TypeError(f"parameter {name}: dtype {dt}, the program was compiled for "
+    raise TypeError(f"parameter {name}: dtype {v.dtype}, the program was compiled for "
                     f"{aval.dtype.name} (no silent casts)")
 
 
@@ -227,7 +226,9 @@ class CompiledProgram(ReferenceProgram):
         out = {}
         for k, (name, aval) in cl.param_avals.items():
             v = params[name].data
-            if not isinstance(v, np.ndarray) or v.shape != aval.shape or v.dtype != aval.dtype:
+            if not isinstance(v, np.ndarray):    # e.g. a numpy scalar after a 0-d update
+                v = np.asarray(v)
+            if v.shape != aval.shape or v.dtype != aval.dtype:
                 _param_mismatch(cl.ld.names[k], v, aval)
             out[k] = v
         return out
@@ -238,13 +239,15 @@ class CompiledProgram(ReferenceProgram):
         otherwise the forward phase of the training programs, which keep their buffers for
         their backward phase (so nothing is recomputed). copy=False: the results are views of
         live buffers (see _Layer.run)."""
+        # every layer's parameters checked before the first layer overwrites its buffers
+        params = [[self._params(cl) for cl in row] for row in self.compiled]
         layer_in, finals = xs, []
-        for row in self.compiled:
+        for row, row_params in zip(self.compiled, params):
             outs = []
-            for cl in row:
+            for cl, p in zip(row, row_params):
                 k = cl.ld.layer * len(row) + cl.ld.direction
                 ds = None if d_sT is None else self._per_layerdir(d_sT, k)
-                y, s = cl.run(mode, self._params(cl), layer_in, self._per_layerdir(s0, k), ds,
+                y, s = cl.run(mode, p, layer_in, self._per_layerdir(s0, k), ds,
                               phase=None if mode == "forward" else "fwd",
                               keep_states=keep_states, borrow=borrow, copy=copy)
                 outs.append(y)
@@ -307,9 +310,9 @@ class CompiledProgram(ReferenceProgram):
         """Forward phase of training: (out, state_T[, states after every step]); then
         finish(d_out) gives the gradients without running the forward again."""
         xs, s0 = self._xs(xs), self._state_leaves("state0", state0)
-        self._mode = "train"
-        out, finals = self._run_layers("train", xs, s0, self._state_leaves("d_state_T", d_state_T),
-                                       keep_states=return_states)
+        d_sT = self._state_leaves("d_state_T", d_state_T)
+        self._mode, self._begun = "train", False    # a failure below leaves no begin to finish
+        out, finals = self._run_layers("train", xs, s0, d_sT, keep_states=return_states)
         self._begun, self._begun_T = True, xs.shape[0]
         return self._result(out, finals, xs.shape[0], return_states)
 
@@ -408,6 +411,14 @@ OPTIONS = ("dtype", "input_size", "state", "threads", "split", "unroll", "backen
            "keep_dumps")
 
 
+def _int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _positive_int(v):
+    return _int(v) and v >= 1
+
+
 def _check_options(model, seq_len, batch, options):
     """compile()'s arguments, checked before any tracing, each error naming the argument."""
     from graphgrad.nn import Recurrent, _SequenceModel
@@ -422,7 +433,7 @@ def _check_options(model, seq_len, batch, options):
                         + ("; a cell is one step: compile its sequence model, cell.model"
                            if cell else ""))
     for name, v in (("seq_len", seq_len), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        if not _positive_int(v):
             raise ValueError(f"compile: {name} must be a positive int, got {v!r}")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -430,17 +441,20 @@ def _check_options(model, seq_len, batch, options):
                         f"{', '.join(OPTIONS)}")
     for name, allowed, default in (("opt", (0, 1, 2, 3), 3), ("threads", (1, 2), 1)):
         v = options.get(name, default)     # ints only: 3.0 or True would reach ctypes / LLVM
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in allowed:
+        if not _int(v) or v not in allowed:
             words = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
             raise ValueError(f"compile: {name} must be {words}, got {v!r}")
     if not isinstance(options.get("unroll", False), bool):
         raise ValueError(f"compile: unroll must be True or False, got {options['unroll']!r}")
+    if options.get("backend", "native") not in ("native", "numpy"):
+        raise ValueError(f"compile: backend must be 'native' or 'numpy', got "
+                         f"{options['backend']!r}")
     if options.get("threads", 1) == 2 and options.get("backend", "native") != "native":
         raise ValueError(f"compile: threads=2 runs native code; backend={options['backend']!r} "
                          f"runs in numpy on one thread")
     isz = options.get("input_size")
     if isz is not None:
-        if isinstance(isz, bool) or not isinstance(isz, numbers.Integral) or isz < 1:
+        if not _positive_int(isz):
             raise ValueError(f"compile: input_size must be a positive int, got {isz!r}")
         own = getattr(getattr(model, "rnn", model), "input_size", None)
         if own is not None and isz != own:

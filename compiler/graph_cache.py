@@ -62,9 +62,11 @@ def get(k):
     if data is None:
         return None
     try:
-        return pickle.loads(data)
+        builds = pickle.loads(data)
     except Exception:   # noqa: BLE001 - ours, but written by other code (classes moved, numpy)
         return None
+    # a layer's builds by mode; anything else under this key is not ours to use
+    return builds if isinstance(builds, dict) and {"forward", "train"} <= set(builds) else None
 
 
 def put(k, value):

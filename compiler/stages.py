@@ -97,9 +97,11 @@ def one_row_sums(J, batch, n_fwd_outputs):
     for i, o in enumerate(outs):
         if i not in grads:
             others |= nx.ancestors(J, o) | {o}
-    tr, summed, seen = GraphTrace(J), {}, set()
+    # walk first, rewire after: the walk must see the graph it started from (a linear node
+    # reached again from another gradient still has its own arguments)
+    seen, cut = set(), []        # cut: (value, its user: a node, or ("out", i))
     for i in sorted(grads):
-        stack = [(outs[i], None)]
+        stack = [(outs[i], ("out", i))]
         while stack:
             v, user = stack.pop()
             if (v, user) in seen or not dep[v] or is_contraction(J, v, dep, batch):
@@ -109,18 +111,21 @@ def one_row_sums(J, batch, n_fwd_outputs):
             if v not in others and n.op != "input" and \
                     _linear_in_summed(n.op, args, {a for a in args if dep[a]}):
                 stack += [(a, v) for a in set(args) if dep[a]]
-                continue
-            if len(n.shape) != 2 or n.shape[0] != 1:
-                continue    # not a (batch, features) value: lowering names what it cannot do
-            if v not in summed:
-                tr.src = n.src or None
-                summed[v] = gops.reshape(gops.sum(tr.tracer(v), axis=0), n.shape).nid
-            if user is None:
-                outs[i] = summed[v]
-            else:
-                pos = J.edges[v, user]["pos"]
-                J.remove_edge(v, user)
-                J.add_edge(summed[v], user, pos=pos)
+            elif len(n.shape) == 2 and n.shape[0] == 1:
+                cut.append((v, user))
+            # else: not a (batch, features) value; lowering names what it cannot do
+    tr, summed = GraphTrace(J), {}
+    for v, user in cut:
+        if v not in summed:
+            n = ir.node(J, v)
+            tr.src = n.src or None
+            summed[v] = gops.reshape(gops.sum(tr.tracer(v), axis=0), n.shape).nid
+        if isinstance(user, tuple):
+            outs[user[1]] = summed[v]
+        else:
+            pos = J.edges[v, user]["pos"]
+            J.remove_edge(v, user)
+            J.add_edge(summed[v], user, pos=pos)
     return J
 
 

@@ -99,8 +99,9 @@ class IRTracer(Tracer):
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kw):
         # ndarray (op) tracer lands here rather than in our reflected operators.
-        if method == "__call__" and not kw and ufunc in gops.UFUNCS:
-            return gops.UFUNCS[ufunc](*inputs)
+        op = gops.ufunc_op(ufunc, method, kw)
+        if op is not None:
+            return op(*inputs)
         raise CompileError(f"numpy function np.{ufunc.__name__} applied to a traced array; use "
                            f"the graphgrad op of the same name", op=ufunc.__name__, src=user_src())
 

@@ -400,9 +400,20 @@ UFUNCS = {np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div, 
           np.matmul: matmul, np.negative: neg, np.exp: exp, np.log: log, np.tanh: tanh}
 
 
+def ufunc_op(ufunc, method, kw):
+    """The graphgrad op standing for a numpy ufunc call on Tensors or tracers, or None."""
+    return UFUNCS.get(ufunc) if method == "__call__" and not kw else None
+
+
 def _array_ufunc(self, ufunc, method, *inputs, **kw):
-    if method == "__call__" and not kw and ufunc in UFUNCS:
-        return UFUNCS[ufunc](*inputs)
+    op = ufunc_op(ufunc, method, kw)
+    if op is not None:
+        return op(*inputs)
+    if all(t.endswith("?") for t in ufunc.types if "O" not in t):
+        # comparisons and tests (==, <, isnan, ...) give booleans, which carry no gradient:
+        # they read the values (`ndarray == t` compares numbers, as with two arrays)
+        return getattr(ufunc, method)(*[x.data if isinstance(x, Tensor) else x for x in inputs],
+                                      **kw)
     import graphgrad
     name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
     hint = f"gg.{ufunc.__name__}" if method == "__call__" and not kw and \

@@ -216,6 +216,8 @@ def _lstm_prog(T=6, B=3):
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, unroll="yes"), ValueError, "unroll must be"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=2, backend="numpy"), ValueError,
      "threads=2 runs native code; backend='numpy'"),
+    (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, threads=2, backend="llvm"), ValueError,
+     "backend must be 'native' or 'numpy', got 'llvm'"),
     (lambda: compiler.compile(gg.LSTM(4, 5), 6, 3, input_size=7), ValueError,
      "input_size=7, but the model's input_size is 4"),
     (lambda: compiler.compile(gg.Recurrent(lambda p, x, h: (h, h), {}), 6, 2, input_size=2.5,
@@ -343,3 +345,20 @@ def test_parameters_set_directly_are_checked():
         prog.vjp(xs, None, np.ones((5, 2, 4), np.float32))
     p.data = 2 * w                                      # the right kind: used as it is
     np.testing.assert_allclose(prog.forward(xs)[0], m(xs)[0].data, rtol=1e-5, atol=1e-6)
+    # a 0-d parameter updated out of place becomes a numpy scalar: the right kind too
+    step = lambda q, x, h: (gg.tanh(x @ q["W"]) * q["a"], h)            # noqa: E731
+    rec = gg.Recurrent(step, {"W": np.ones((3, 4)), "a": np.array(0.5)})
+    h0 = np.zeros((2, 4))
+    prog = compiler.compile(rec, 5, 2, input_size=3, state=h0)
+    rec.params["a"].data = rec.params["a"].data * 2                      # np.float64
+    np.testing.assert_allclose(prog.forward(xs.astype(np.float64), h0)[0],
+                               rec(xs.astype(np.float64), h0)[0].data, rtol=1e-12)
+    # a bad parameter of an upper layer is refused before the lower layer runs
+    m2 = gg.GRU(3, 4, num_layers=2)
+    prog = compiler.compile(m2, 5, 2)
+    prog.begin(xs)
+    m2.parameters()["weight_hh_l1"].data = m2.parameters()["weight_hh_l1"].data[:2]
+    with pytest.raises(ValueError, match="parameter weight_hh_l1"):
+        prog.begin(2 * xs)
+    with pytest.raises(RuntimeError, match="call begin"):    # the refused begin left none
+        prog.finish(np.ones((5, 2, 4), np.float32))

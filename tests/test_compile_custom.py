@@ -389,7 +389,18 @@ def _row_bias(p, x, h):       # d/db = ct itself, the same value the reverse loo
     return h2, h2
 
 
-@pytest.mark.parametrize("step", [_gain, _gain_and_shift, _row_bias], ids=lambda f: f.__name__)
+def _two_biases(p, x, h):     # d/dg and d/da are one node: each output needs its own sum
+    h2 = gg.tanh(x @ p["Wx"] + h @ p["Wh"]) + p["g"] + p["a"]
+    return h2, h2
+
+
+def _shared_linear(p, x, h):  # both gradients pass through one neg node of the products' cone
+    h2 = gg.tanh(x @ p["Wx"] + h @ p["Wh"]) * -(p["g"] * 2.0 + p["a"] * 3.0)
+    return h2, h2
+
+
+@pytest.mark.parametrize("step", [_gain, _gain_and_shift, _row_bias, _two_biases, _shared_linear],
+                         ids=lambda f: f.__name__)
 @pytest.mark.parametrize("shape", [(1, 1), (1, 4)])
 @pytest.mark.parametrize("B,threads,backend,dt", [(1, 1, "native", np.float64),
                                                   (1, 2, "native", np.float32),
@@ -398,10 +409,11 @@ def _row_bias(p, x, h):       # d/db = ct itself, the same value the reverse loo
 def test_parameter_with_one_batch_row(step, shape, B, threads, backend, dt):
     """A (1, H) or (1, 1) parameter broadcast over a batch of one: the tape's gradient has no
     batch sum for the compiler to contract, so it was summed over nothing (KeyError at the
-    first vjp) or not lowered (a CompileError about a per-step sum)."""
+    first vjp) or not lowered (a CompileError about a per-step sum). Two parameters sharing
+    one gradient node, or one linear node, each get their sum (a review found both failing)."""
     rng = np.random.default_rng(len(shape) + B)
     params = {"Wx": rng.normal(size=(I, 4)), "Wh": rng.normal(size=(4, 4)) * 0.4,
-              "g": rng.normal(size=shape)}
+              "g": rng.normal(size=shape), "a": rng.normal(size=shape)}
     model = gg.Recurrent(step, {k: v.astype(dt) for k, v in params.items()})
     s0 = rng.normal(size=(B, 4)).astype(dt)
     prog = compiler.compile(model, seq_len=5, batch=B, input_size=I, state=s0, threads=threads,

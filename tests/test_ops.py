@@ -285,7 +285,6 @@ def test_gradcheck_catches_a_wrong_vjp(monkeypatch):
         gg.gradcheck(gg.mul, [np.array([1.0, 2.0]), np.array([3.0, -1.0])], rtol=1e-6, atol=0.0)
 
 
-
 def test_gradcheck_model_checks_tuple_state_arguments(monkeypatch):
     """The arrays inside a tuple argument (an LSTM-style (h0, c0)) are checked like an array
     argument; they were skipped, so a wrong gradient reaching only c0 passed. With T = 1 the
@@ -327,6 +326,7 @@ def test_gradcheck_model_leaves_weights_and_gradients_as_they_were():
     (out * out).sum().backward()
     for k, p in m.parameters().items():
         np.testing.assert_allclose(p.grad, before[k][1], rtol=1e-12)
+
 
 def test_astype_gradient_dtypes():
     x32 = gg.Tensor(np.array([0.5, -1.25, 3.0], np.float32), requires_grad=True)

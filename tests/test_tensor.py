@@ -280,13 +280,16 @@ def test_numpy_ufuncs_stay_on_the_tape_or_refuse():
     for y in (np.exp(x), np.tanh(np.ones(3) * x), np.log(np.exp(x)), np.negative(x) ** 2.0):
         assert isinstance(y, gg.Tensor)
     (np.exp(x) + np.matmul(np.ones((1, 3)), gg.reshape(x, (3, 1)))).sum().backward()
-    np.testing.assert_allclose(x.grad, np.exp(x.data) + 3.0, rtol=1e-15)   # (1, 1) term broadcast x3
+    np.testing.assert_allclose(x.grad, np.exp(x.data) + 3.0, rtol=1e-15)   # (1, 1) term x3
     with pytest.raises(TypeError, match=r"np.sqrt on a graphgrad Tensor .*no gradient"):
         np.sqrt(x)
     with pytest.raises(TypeError, match=r"np.add.reduce on a graphgrad Tensor"):
         np.add.reduce(x)
     with pytest.raises(TypeError, match=r"np.exp on a graphgrad Tensor"):
         np.exp(x, out=np.empty(3))
+    # boolean ufuncs carry no gradient: they compare the values (they raised after the change)
+    np.testing.assert_array_equal(np.array([0.5, 0.0, 2.0]) == x, [True, False, True])
+    np.testing.assert_array_equal(np.isnan(x), [False, False, False])
 
 
 # ---------------------------------------------------------------- shape errors

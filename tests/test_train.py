@@ -322,7 +322,6 @@ def test_lm_config_round_trip():
         np.testing.assert_array_equal(again.state_dict()[k], v)
 
 
-
 @pytest.mark.parametrize("kw", [{"cell": "rnn", "nonlinearity": "relu"},
                                 {"cell": "gru", "reset_after": False},
                                 {"cell": "lstm", "bias": False},
@@ -336,6 +335,7 @@ def test_lm_config_keeps_the_core_options(kw):
     again.load_state_dict(m.state_dict())
     ids = np.array([[1, 0], [2, 4], [3, 3]])
     np.testing.assert_array_equal(again(ids)[0].data, m(ids)[0].data)
+
 
 def test_backends():
     assert train.get_backend("tape").name == "tape"

@@ -67,5 +67,6 @@ def run(args):
     elif args.dump == "asm":
         print(prog.asm)
     else:
-        print(prog.dump("one_row_sums" if args.dump == "ir" else args.dump))
+        last_pass = compiler.api.PIPELINE[compiler.api.PIPELINE.index("stages") - 1]
+        print(prog.dump(last_pass if args.dump == "ir" else args.dump))
     return 0

@@ -20,7 +20,7 @@ from ..commands.common import (Parser, finite_float, guarded, load_function,
 from .compiled import check
 from .lags import bucket_labels
 from .stepgraph import leaves
-from .trace import _model_layout, from_tape
+from .trace import model_layout, from_tape
 
 CELLS = {"rnn": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 EDGES = (0, 1, 2, 5, 10, 25, 50)
@@ -140,7 +140,7 @@ def run(args, out=None):
     flows, chains = {}, {}
     for label, (m, isz, init_state) in models.items():
         # time-major draws; a batch_first model (a --model file may build one) takes (B, T, I)
-        xs = _model_layout(m, rng.standard_normal((args.T, args.batch, isz)))
+        xs = model_layout(m, rng.standard_normal((args.T, args.batch, isz)))
         s0 = initial_state(label, init_state, args.batch)
         flows[label] = from_tape(m, xs, s0, loss=args.loss, seed=args.seed)
         chains[label] = flows[label].chains()

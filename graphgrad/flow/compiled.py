@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .trace import _model_layout, from_adjoints
+from .trace import model_layout, from_adjoints
 
 
 def from_compiled(prog, model, xs, state0, d_out, d_final=None):
@@ -25,8 +25,8 @@ def from_compiled(prog, model, xs, state0, d_out, d_final=None):
     flow.source = "compiled"
     # d_xs and out come in the model's layout ((B, T, ...) if batch_first); flow is time-major
     flow.reference = {"grads": {k: np.asarray(v, np.float64) for k, v in param_grads.items()},
-                      "d_xs": _model_layout(model, np.asarray(d_xs, np.float64)),
-                      "out": _model_layout(model, np.asarray(out))}
+                      "d_xs": model_layout(model, np.asarray(d_xs, np.float64)),
+                      "out": model_layout(model, np.asarray(out))}
     emit = getattr(prog, "step_adjoints", None)
     if emit is not None:      # programs built by compiler.compile have it; duck-typed ones may not
         flow.reference["state_grads"] = {k: np.asarray(v, np.float64) for k, v in

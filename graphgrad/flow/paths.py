@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core import _toposort
 from .stepgraph import leaves
-from .trace import _model_layout, _prepare, _run, readout
+from .trace import model_layout, _prepare, _run, readout
 
 
 def unrolled_graph(model, xs, state0=None, loss="last", seed=0):
@@ -25,7 +25,7 @@ def unrolled_graph(model, xs, state0=None, loss="last", seed=0):
     out, final, recs = _run(specs, kind, xs, state0, True)
     r = readout(out.shape[-1], seed)
     L = (out[xs.shape[0] - 1] * r).sum() if loss == "last" else \
-        (out * r).sum() if loss == "all" else loss(_model_layout(model, out), final)
+        (out * r).sum() if loss == "all" else loss(model_layout(model, out), final)
     step_of = {}
     for rec in recs:   # tag each node with the time step that created it
         order = range(xs.shape[0] - 1, -1, -1) if rec["reverse"] else range(xs.shape[0])
@@ -96,6 +96,6 @@ def path_counts(model, xs, weight, state0=None, loss="last") -> PathCount:
 
 def path_growth(model, xs, weight, Ts=(1, 2, 4, 8, 16, 32), state0=None, loss="last"):
     """{T: number of paths from `weight` to the loss} on the first T steps of xs."""
-    xs = _model_layout(model, np.asarray(xs))          # time-major, to cut the first T steps
-    return {T: path_counts(model, _model_layout(model, xs[:T]), weight, state0, loss).total
+    xs = model_layout(model, np.asarray(xs))          # time-major, to cut the first T steps
+    return {T: path_counts(model, model_layout(model, xs[:T]), weight, state0, loss).total
             for T in Ts if T <= len(xs)}

@@ -259,7 +259,7 @@ def _batch_first(model):
     return isinstance(model, nn._SequenceModel) and bool(model.batch_first)
 
 
-def _model_layout(model, a):
+def model_layout(model, a):
     """A time-major (T, B, ...) array or Tensor in the model's own layout, and back again."""
     if not _batch_first(model):
         return a
@@ -274,7 +274,7 @@ def _prepare(model, xs, state0):
     if xs.ndim != 3 or xs.shape[t_axis] < 1:
         want = "(B, T >= 1, features) (batch_first)" if t_axis else "(T >= 1, B, features)"
         raise ValueError(f"graphgrad.flow: xs must be {want}, got {list(xs.shape)}")
-    xs = np.ascontiguousarray(_model_layout(model, xs))    # flow works time-major inside
+    xs = np.ascontiguousarray(model_layout(model, xs))    # flow works time-major inside
     if isinstance(model, nn._SequenceModel) and state0 is not None:
         model._check_structure(state0)
         model._check_state(nn._map_state(state0, np.asarray), xs.shape[1])
@@ -313,7 +313,7 @@ def from_tape(model, xs, state0=None, loss="last", seed=0) -> Flow:
         r = readout(out.shape[-1], seed)
         L = (out[xs.shape[0] - 1] * r).sum() if loss == "last" else (out * r).sum()
     else:
-        L = loss(_model_layout(model, out), final)   # the output as the model returns it
+        L = loss(model_layout(model, out), final)   # the output as the model returns it
     backward(L)
     d_out = np.zeros(out.shape) if out.grad is None else out.grad
     d_final = nn._map_state(final, lambda t: np.zeros(t.shape) if t.grad is None else t.grad)
@@ -333,10 +333,10 @@ def from_adjoints(model, xs, state0, d_out, d_final=None) -> Flow:
     with no_grad():
         out, final, recs = _run(specs, kind, xs, state0, False)
     d_out = np.asarray(d_out, np.float64)
-    want = _model_layout(model, np.empty(out.shape, bool)).shape
+    want = model_layout(model, np.empty(out.shape, bool)).shape
     if d_out.shape != want:
         raise ValueError(f"from_adjoints: d_out has shape {d_out.shape}, the output is {want}")
-    d_out = np.ascontiguousarray(_model_layout(model, d_out))
+    d_out = np.ascontiguousarray(model_layout(model, d_out))
     if d_final is None:
         d_final = nn._map_state(final, lambda t: np.zeros(t.shape))
     d_final = _as64(d_final)
