@@ -63,7 +63,9 @@ class _Layer:
         self.n_fwd = len(ld.step.G.graph["outputs"])
         tag = f"layer {ld.layer} direction {ld.direction}"
         self.params = list(ld.step.params)
-        self.param_avals = None     # name -> (model's name, aval), filled on the first call
+        # what each parameter was traced as: every call's data is checked against it
+        self.param_avals = {k: ir.aval_of(ir.node(ld.step.G, ld.step.params[k]))
+                            for k in self.params}
         self.B, self.T, self.options = B, T, options
         k = graph_cache.key(graph_cache.graph_text(ld.step.G), ld.bwd.graph["wrt"], B)
         cached = graph_cache.get(k) if dumps is None else None
@@ -219,13 +221,9 @@ class CompiledProgram(ReferenceProgram):
         load_state_dict count), each checked against the shape and dtype it was compiled for:
         data set directly on a parameter (p.data = ...) is neither cast nor reshaped silently."""
         params = self.model.parameters() if self.builtin else cl.ld.rec.params
-        if cl.param_avals is None:      # what each was traced as; looked up once per layer
-            cl.param_avals = {k: (cl.ld.names[k] if self.builtin else k,
-                                  ir.aval_of(ir.node(cl.ld.step.G, cl.ld.step.params[k])))
-                              for k in cl.params}
         out = {}
-        for k, (name, aval) in cl.param_avals.items():
-            v = params[name].data
+        for k, aval in cl.param_avals.items():
+            v = params[cl.ld.names[k] if self.builtin else k].data
             if not isinstance(v, np.ndarray):    # e.g. a numpy scalar after a 0-d update
                 v = np.asarray(v)
             if v.shape != aval.shape or v.dtype != aval.dtype:

@@ -75,6 +75,15 @@ def load_function(spec, default=None):
     return fn
 
 
+def call_model(what, fn, **kwargs):
+    """fn(**kwargs) for a function from a --model file: whatever the user's code raises is
+    reported on one line as '<what> raised <type>: <message>'."""
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+        raise ValueError(f"{what} raised {type(e).__name__}: {e}") from e
+
+
 def add_model_arguments(p, model_help, T, batch, input, hidden):
     """--model / --cell and the sizes, with each command's own defaults."""
     p.add_argument("--model", metavar="FILE.py:FUNCTION",

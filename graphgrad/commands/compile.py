@@ -26,7 +26,7 @@ def add_arguments(p):
 def run(args):
     import compiler
     import graphgrad as gg
-    from .common import load_function
+    from .common import call_model, load_function
     kw = {}
     if args.model:
         given = [f"--{k}" for k in ("layers", "bidirectional", "dtype")
@@ -34,11 +34,7 @@ def run(args):
         if given:
             raise ValueError(f"{', '.join(given)} describe the built-in --cell; the model "
                              f"{args.model} returns is compiled as it is")
-        fn = load_function(args.model)
-        try:
-            made = fn()
-        except Exception as e:  # the user's code: one line, as gradcheck and flow report it
-            raise ValueError(f"{args.model} raised {type(e).__name__}: {e}") from e
+        made = call_model(args.model, load_function(args.model))
         if isinstance(made, tuple) and len(made) != 2:
             raise ValueError(f"{args.model} must return a model or (model, example_state), got "
                              f"a tuple of {len(made)}")

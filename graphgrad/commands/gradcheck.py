@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .common import add_model_arguments, load_function
+from .common import add_model_arguments, call_model, load_function
 
 HELP = "check a model's gradients (built-in, or --model file.py:function) against finite " \
        "differences"
@@ -21,11 +21,7 @@ def build(args):
         model = gg.make_rnn(args.cell, args.input, args.hidden, dtype=np.float64, seed=args.seed)
         return f"{args.cell} (T={args.T}, batch={args.batch})", model, \
             (rng.standard_normal((args.T, args.batch, args.input)),)
-    fn = load_function(args.model)
-    try:
-        made = fn()
-    except Exception as e:
-        raise ValueError(f"{args.model} raised {type(e).__name__}: {e}") from e
+    made = call_model(args.model, load_function(args.model))
     model, call_args = (made[0], tuple(made[1:])) if isinstance(made, tuple) else (made, ())
     if not hasattr(model, "parameters"):
         raise ValueError(f"{args.model} returned {type(model).__name__}, not a model with "

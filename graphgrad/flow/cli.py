@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from .. import nn
-from ..commands.common import (Parser, finite_float, guarded, load_function,
+from ..commands.common import (Parser, call_model, finite_float, guarded, load_function,
                                nonnegative_float, positive_int)
 from .compiled import check
 from .lags import bucket_labels
@@ -53,12 +53,9 @@ def build_model(cell, input_size, hidden, init_scale=1.0, forget_bias=0.0, seed=
 
 def load_custom(spec, hidden, seed, init_scale):
     """(model, input_size, init_state or None) from a --model FILE.py[:build] spec."""
-    build = load_function(spec, default="build")
-    try:
-        made = build(hidden=hidden, seed=seed, init_scale=init_scale)
-    except Exception as e:  # the user's code: one line, whatever it raised
-        raise ValueError(f"--model {spec}: build(hidden={hidden}, seed={seed}, "
-                         f"init_scale={init_scale:g}) raised {type(e).__name__}: {e}") from e
+    made = call_model(f"--model {spec}: build(hidden={hidden}, seed={seed}, "
+                      f"init_scale={init_scale:g})", load_function(spec, default="build"),
+                      hidden=hidden, seed=seed, init_scale=init_scale)
     if not isinstance(made, tuple):
         made = (made, getattr(made, "input_size", None), None)
     if len(made) != 3 or not hasattr(made[0], "parameters"):
