@@ -164,3 +164,26 @@ def test_packed_gemm_hypothesis(plib, dt, var, acc, packed, M, N, K):
 
 def test_packed_gemm_large_chunks(plib):
     prun(plib, "float32", False, False, True, False, 20, 1100, 40)   # N past one f32 chunk
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("ta,tb", VARIANTS, ids=["nn", "tn", "nt"])
+def test_prepacked_operands_past_l2_size(plib, dt, ta, tb):
+    """Prepacked operands over PF_NEXT_BYTES take the kernels that fetch the next panel ahead;
+    row counts cover one and several row blocks per panel and both loop orders."""
+    from compiler.llvmlib import pgemm
+    K, N = 300, 1100
+    assert pgemm.packed_elems(dt, K, N) * np.dtype(dt).itemsize > pgemm.PF_NEXT_BYTES
+    for i, M in enumerate((1, 5, 17, 200)):
+        prun(plib, dt, ta, tb, i % 2 == 1, True, M, N, K, seed=i)
+
+
+def test_next_panel_prefetch_is_emitted_for_big_prepacked_operands():
+    from compiler.llvmlib import library
+    text = str(library.build("float32"))
+    body = text[text.index("define internal void @\"gg_mk_v16f32_6_pf\""):]
+    body = body[:body.index("\n}")]
+    # llvm.prefetch(ptr, rw=0, locality=2, data): into L2, not L1
+    assert "i32 0, i32 2, i32 1)" in body
+    gemm = text[text.index("define void @\"gg_gemm_f32\""):]
+    assert '@"gg_mk_v16f32_6_pf"' in gemm[:gemm.index("\n}")]

@@ -15,8 +15,9 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       an A slice of MR*KC follows it) unless packed=1 (B is then a gg_prepack buffer with K
       blocks of KC_P; ldb/trans_b/ws unused). Few rows (M <= MC, the per-step products):
       panels outer, rows inner, so each KC_P x NR panel stays in L1 while every MR-row block
-      streams past it. Many rows (the
-      whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
+      streams past it. A prepacked operand over PF_NEXT_BYTES does not fit in L2 and comes
+      from L3 every call: each row block also fetches its share of the next panel into L2.
+      Many rows (the whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
       panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
       straight from A through its strides, except for A^T with many rows: there the MR x kc slice
       is first copied k-major into ws (after the B chunk), because its k steps are one cache
@@ -42,6 +43,8 @@ MC = 192           # M <= MC: panels outer, rows inner (each panel in L1 while a
 PF_C = True        # prefetch the C tile at the start of each micro-kernel call
 PACK_A = True      # pack the A slice of an A^T product with many rows (see gg_gemm)
 PF_B = 16          # prefetch the B panel this many k steps ahead (0: rely on hardware)
+PF_NEXT = 4        # lines of the next panel fetched into L2 per unrolled k step (see gg_gemm)
+PF_NEXT_BYTES = 1 << 20   # ... for prepacked operands larger than this (smaller ones stay in L2)
 
 
 def ncb(dtype):
@@ -92,14 +95,16 @@ def _masks(kit, b, nrem):
             for v in range(NV)]
 
 
-def _microkernel(kit, mr):
-    name = f"gg_mk_{kit.tag}_{mr}"
+def _microkernel(kit, mr, pf_next=False):
+    """The MR x NV tile kernel; with pf_next it also fetches PF_NEXT lines from `pf` into L2
+    per unrolled k step (pf advances with k)."""
+    name = f"gg_mk_{kit.tag}_{mr}{'_pf' if pf_next else ''}"
     if name in kit.mod.globals:
         return kit.mod.globals[name]
-    fn = ir.Function(kit.mod, ir.FunctionType(ir.VoidType(), [PTR] * 3 + [I64] * 6), name=name)
+    fn = ir.Function(kit.mod, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 6), name=name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
-    A, Bp, C, sai, sak, ldc, kc, nrem, acc = fn.args
+    A, Bp, C, pf, sai, sak, ldc, kc, nrem, acc = fn.args
     for a in (A, Bp, C):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -120,6 +125,11 @@ def _microkernel(kit, mr):
             ahead = kit.gep(b, Bp, b.mul(b.add(k, i64(PF_B)), i64(nrv)))
             for line in range(UNROLL * nrv * kit.esize // 64):
                 prefetch(b, kit.gep(b, ahead, i64(line * 64 // kit.esize)), write=False)
+        if pf_next:
+            nxt = kit.gep(b, pf, b.mul(b.sdiv(k, i64(UNROLL)), i64(PF_NEXT * 64 // kit.esize)))
+            for line in range(PF_NEXT):
+                prefetch(b, kit.gep(b, nxt, i64(line * 64 // kit.esize)), write=False,
+                         locality=2)
         for u in range(UNROLL):
             accs = kstep(b.add(k, i64(u)) if u else k, accs)
         return accs
@@ -237,6 +247,9 @@ def _emit_gemm(kit, dtype):
     pack_a = b.and_(pack_a, b.not_(is_packed)) if PACK_A else ir.Constant(ir.IntType(1), 0)
     apk = kit.gep(b, ws, i64(KC * chunk))
     kcmax = b.select(b.or_(is_packed, few_rows), i64(KC_P), kc_many)   # few rows: L1 panels
+    # A prepacked operand too big for L2 streams from L3 once per call: see the panel loop.
+    big = b.icmp_signed(">", b.mul(b.mul(K, npad), i64(kit.esize)), i64(PF_NEXT_BYTES))
+    stream = b.and_(is_packed, big)
 
     def kblock(k0, _):
         kc = smin(b, kcmax, b.sub(K, k0))
@@ -272,9 +285,9 @@ def _emit_gemm(kit, dtype):
 
                     def panel(p, _):
                         jp = b.mul(p, i64(nrv))
-                        b.call(_microkernel(kit, mr), [a_, kit.gep(b, bp, b.mul(jp, kc)),
-                                                       kit.gep(b, ci, jp), sai_, sak_, ldc, kc,
-                                                       b.sub(nc, jp), accf])
+                        bpp = kit.gep(b, bp, b.mul(jp, kc))
+                        b.call(_microkernel(kit, mr), [a_, bpp, kit.gep(b, ci, jp), bpp, sai_,
+                                                       sak_, ldc, kc, b.sub(nc, jp), accf])
                     loop(b, i64(0), npan, i64(1), panel)
                 _blocks(b, M, MR, rows)
 
@@ -284,13 +297,25 @@ def _emit_gemm(kit, dtype):
                 def panel(p, _):      # this kc x NR panel stays in L1 for the mc rows
                     jp = b.mul(p, i64(nrv))
                     bpp, nrem = kit.gep(b, bp, b.mul(jp, kc)), b.sub(nc, jp)
+                    # The panel after this one, in memory order (a prepacked operand is walked
+                    # linearly): its row blocks share out fetching it into L2, so the L3 reads
+                    # spread over the whole panel instead of bursting in its first row block.
+                    share = b.mul(b.sdiv(kc, i64(UNROLL)), i64(PF_NEXT * 64 // kit.esize))
+                    nxt = kit.gep(b, bpp, b.mul(kc, i64(nrv)))
 
                     def call(ir_, mr):
                         i = b.add(i0, ir_)
-                        b.call(_microkernel(kit, mr), [
-                            kit.gep(b, a0, b.mul(i, sai)), bpp,
-                            kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))),
-                            sai, sak, ldc, kc, nrem, accf])
+                        mine = b.mul(b.sdiv(ir_, i64(MR)), share)
+                        pf = b.select(b.icmp_signed("<", mine, b.mul(kc, i64(nrv))),
+                                      kit.gep(b, nxt, mine), bpp)
+                        args = [kit.gep(b, a0, b.mul(i, sai)), bpp,
+                                kit.gep(b, C, b.add(b.mul(i, ldc), b.add(j0, jp))), pf,
+                                sai, sak, ldc, kc, nrem, accf]
+                        with b.if_else(stream) as (yes, no):
+                            with yes:
+                                b.call(_microkernel(kit, mr, PF_NEXT > 0), args)
+                            with no:
+                                b.call(_microkernel(kit, mr), args)
                     _blocks(b, mc, MR, call)
                 loop(b, i64(0), npan, i64(1), panel)
             few, many, joined = (fn.append_basic_block(n) for n in ("few", "many", "joined"))

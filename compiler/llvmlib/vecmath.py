@@ -52,11 +52,12 @@ def intrinsic(b: ir.IRBuilder, name: str, ty, nargs: int = 1) -> ir.Function:
     return declare(b.module, f"llvm.{name}.{_Ty(ty).suffix}", ty, [ty] * nargs)
 
 
-def prefetch(b: ir.IRBuilder, p, write: bool):
-    """Prefetch the cache line at p into every cache level (a prefetch never faults)."""
+def prefetch(b: ir.IRBuilder, p, write: bool, locality: int = 3):
+    """Prefetch the cache line at p (a prefetch never faults): into every cache level at
+    locality 3, into L2 and beyond only at locality 2."""
     i32 = ir.IntType(32)
     fn = declare(b.module, "llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), i32, i32, i32])
-    b.call(fn, [p, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    b.call(fn, [p, ir.Constant(i32, int(write)), ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
 def splat(ty, value):
