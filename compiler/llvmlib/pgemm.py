@@ -17,8 +17,8 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       panels outer, rows inner, so each KC_P x NR panel stays in L1 while every MR-row block
       streams past it. A prepacked operand over PF_NEXT_BYTES does not fit in L2 and comes
       from L3 every call: each row block also fetches its share of the next panel into L2.
-      Many rows (the whole-sequence products): MR-row blocks outer (their MR x KC slice of A stays in L1),
-      panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
+      Many rows (the whole-sequence products): MR-row blocks outer (their MR x KC slice of A
+      stays in L1), panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
       straight from A through its strides, except for A^T with many rows: there the MR x kc slice
       is first copied k-major into ws (after the B chunk), because its k steps are one cache
       line each and a power-of-two row count makes them collide in L1 (measured 45-58 ->
