@@ -156,6 +156,9 @@ def test_gradcheck_builtin_and_custom(tmp_path):
     one_line_error(gg("gradcheck", "--model", "mycell.py", cwd=tmp_path), "file.py:function")
     one_line_error(gg("gradcheck", "--model", "mycell.py:broken", cwd=tmp_path),
                    "RuntimeError: boom")
+    # these describe the built-in model; beside --model they were silently ignored
+    one_line_error(gg("gradcheck", "--model", "mycell.py:lstm", "--hidden", 8, "--input", 2,
+                      cwd=tmp_path), "--input, --hidden describe the built-in model")
 
 
 @pytest.mark.parametrize("args,words", [

@@ -129,6 +129,11 @@ def test_compile_command_refuses_built_in_options_with_a_model_file(tmp_path):
     assert r.returncode == 2 and "(model, example_state), got a tuple of 3" in r.stderr
     r = run("m.py:f64", "--T", "3", "--batch", "2", "--input", "4")
     assert r.returncode == 0 and "fwd_loop" in r.stdout, r.stderr
+    # the sizes of the built-in model were ignored beside --model; now they are refused
+    r = run("m.py:f64", "--cell", "rnn", "--hidden", "3")
+    assert r.returncode == 2 and "--cell, --hidden describe the built-in model" in r.stderr
+    r = run("m.py:f64", "--input", "5")
+    assert r.returncode == 2 and "--input 5 contradicts the input width 4 of the GRU" in r.stderr
 
 
 @pytest.mark.parametrize("backend", ["native", "numpy"])

@@ -88,8 +88,26 @@ def add_model_arguments(p, model_help, T, batch, input, hidden):
     """--model / --cell and the sizes, with each command's own defaults."""
     p.add_argument("--model", metavar="FILE.py:FUNCTION",
                    help=f"{model_help}; default: the built-in --cell")
-    p.add_argument("--cell", default="lstm", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"])
+    # None = not given: these describe the built-in model, so beside --model they are refused
+    # (builtin_model_arguments) rather than silently ignored
+    p.add_argument("--cell", choices=["rnn", "rnn_relu", "lstm", "gru", "gru_v1"],
+                   help="built-in cell (default lstm)")
     p.add_argument("--T", type=positive_int, default=T, help=f"sequence length (default {T})")
     p.add_argument("--batch", type=positive_int, default=batch)
-    p.add_argument("--input", type=positive_int, default=input)
-    p.add_argument("--hidden", type=positive_int, default=hidden)
+    p.add_argument("--input", type=positive_int, help=f"input width (default {input})")
+    p.add_argument("--hidden", type=positive_int, help=f"hidden width (default {hidden})")
+    p.set_defaults(builtin_defaults={"cell": "lstm", "input": input, "hidden": hidden})
+
+
+def builtin_model_arguments(args, used=()):
+    """Fill in --cell/--input/--hidden's defaults. With --model, those not in `used` (the ones
+    the command applies to a model file's model) are an error when given."""
+    if args.model:
+        given = [f"--{k}" for k in args.builtin_defaults
+                 if k not in used and getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} describe the built-in model; the model "
+                             f"{args.model} returns has its own")
+    for k, v in args.builtin_defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)

@@ -1,7 +1,7 @@
 """`graphgrad compile`: compile a model and show what the compiler made of it."""
 import numpy as np
 
-from .common import add_model_arguments, positive_int
+from .common import add_model_arguments, builtin_model_arguments, positive_int
 
 HELP = "compile a built-in or custom model and dump its IR, schedule, LLVM IR or assembly"
 # the compiler's named passes, then the views of the result ("ir": the graph after them all)
@@ -28,6 +28,8 @@ def run(args):
     import graphgrad as gg
     from .common import call_model, load_function
     kw = {}
+    input_given = args.input is not None
+    builtin_model_arguments(args, used=("input",))    # --input: a custom Recurrent's input width
     if args.model:
         given = [f"--{k}" for k in ("layers", "bidirectional", "dtype")
                  if getattr(args, k) is not None]
@@ -49,6 +51,10 @@ def run(args):
                 raise ValueError(f"{args.model}: the example state has {batch} rows, --batch is "
                                  f"{args.batch}")
             kw = {"input_size": args.input, "state": state}
+        elif input_given and args.input != getattr(model, "input_size", args.input):
+            raise ValueError(f"--input {args.input} contradicts the input width "
+                             f"{model.input_size} of the {type(model).__name__} {args.model} "
+                             "returns")
     else:
         model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers or 1,
                             bidirectional=bool(args.bidirectional),

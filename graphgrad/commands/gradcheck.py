@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .common import add_model_arguments, call_model, load_function
+from .common import add_model_arguments, builtin_model_arguments, call_model, load_function
 
 HELP = "check a model's gradients (built-in, or --model file.py:function) against finite " \
        "differences"
@@ -17,6 +17,7 @@ def add_arguments(p):
 def build(args):
     import graphgrad as gg
     rng = np.random.default_rng(args.seed)
+    builtin_model_arguments(args)
     if not args.model:
         model = gg.make_rnn(args.cell, args.input, args.hidden, dtype=np.float64, seed=args.seed)
         return f"{args.cell} (T={args.T}, batch={args.batch})", model, \
