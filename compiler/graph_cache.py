@@ -14,7 +14,7 @@ import hashlib
 import pickle
 from pathlib import Path
 
-from runtime.cache import cache_dir, read_sealed, write_sealed
+from runtime.cache import cache_dir, keep_under_limit, read_sealed, write_sealed
 
 _SOURCES = ("compiler", "compiler/passes", "graphgrad/core.py", "graphgrad/ops.py")
 
@@ -71,4 +71,6 @@ def get(k):
 
 def put(k, value):
     """Store value under k; a cache that cannot be written only costs time."""
-    write_sealed(_path(k), pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    write_sealed(_path(k), data)
+    keep_under_limit(added=len(data))

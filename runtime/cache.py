@@ -6,7 +6,8 @@ extra options, and the code generator itself (LLVM version, the pass pipeline in
 Writes go to a temp file then os.replace, so concurrent processes never see a partial object.
 Each file ends in a checksum of the object: a truncated, corrupt or foreign file is a miss
 (recompiled and replaced, with a warning), never loaded; an unreadable cache directory only
-costs the compile.
+costs the compile. The directory is kept under a size limit ($GRAPHGRAD_CACHE_MAX_MB, default
+512): a write that takes it over removes the least recently used entries (a hit counts as a use).
 """
 from __future__ import annotations
 
@@ -23,6 +24,82 @@ from runtime import jit
 def cache_dir() -> Path:
     d = os.environ.get("GRAPHGRAD_CACHE_DIR")
     return Path(d) if d else Path.home() / ".cache" / "graphgrad"
+
+
+DEFAULT_MAX_MB = 512
+
+
+def max_bytes() -> int:
+    """The cache's size limit: $GRAPHGRAD_CACHE_MAX_MB (0 = no limit), default 512 MB."""
+    v = os.environ.get("GRAPHGRAD_CACHE_MAX_MB", "")
+    try:
+        mb = float(v) if v.strip() else DEFAULT_MAX_MB
+    except ValueError:
+        raise ValueError(f"GRAPHGRAD_CACHE_MAX_MB must be a number of megabytes, got {v!r}") \
+            from None
+    if not mb >= 0:
+        raise ValueError(f"GRAPHGRAD_CACHE_MAX_MB must be >= 0, got {v!r}")
+    return int(mb * 2**20)
+
+
+def entries(directory: str | os.PathLike | None = None) -> list[Path]:
+    """Every cache file: objects (*.o) and schedules (graphs/*.pkl)."""
+    d = Path(directory) if directory is not None else cache_dir()
+    return [*d.glob("*.o"), *d.glob("graphs/*.pkl")]
+
+
+def usage(directory: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(number of entries, bytes) of the cache directory."""
+    n = size = 0
+    for p in entries(directory):
+        try:
+            size += p.stat().st_size
+            n += 1
+        except OSError:     # removed by another process meanwhile
+            pass
+    return n, size
+
+
+def prune(limit: int, directory: str | os.PathLike | None = None) -> int:
+    """Remove least recently used entries until the cache holds at most `limit` bytes;
+    returns how many were removed."""
+    stats = []
+    for p in entries(directory):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        stats.append((st.st_mtime, st.st_size, p))
+    total = sum(s for _, s, _ in stats)
+    removed = 0
+    for _, size, p in sorted(stats, key=lambda t: t[0]):
+        if total <= limit:
+            break
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    return removed
+
+
+_sizes: dict[str, int] = {}     # directory -> bytes: scanned at its first write in a process
+
+
+def keep_under_limit(directory: str | os.PathLike | None = None, added: int = 0) -> None:
+    """After a write of `added` bytes: over the limit, prune to 3/4 of it (so the next writes
+    do not prune). The directory is scanned once per process, then its size is tracked by what
+    this process adds (a scan of a few thousand entries costs tens of ms, every miss would pay
+    it); other processes' writes are counted at their own scans."""
+    limit = max_bytes()
+    if not limit:
+        return
+    d = str(Path(directory) if directory is not None else cache_dir())
+    _sizes[d] = _sizes[d] + added if d in _sizes else usage(d)[1]
+    if _sizes[d] > limit:
+        prune(limit * 3 // 4, d)
+        _sizes[d] = usage(d)[1]
 
 
 def cache_key(ir_text: str, opt: int = 3, options: dict | None = None,
@@ -56,6 +133,7 @@ def compile_cached(ir_text, opt: int = 3, options: dict | None = None,
         return obj, True
     obj = jit.compile_ir(str(ir_text() if callable(ir_text) else ir_text), opt)
     write_sealed(path, obj)
+    keep_under_limit(d, len(obj))
     return obj, False
 
 
@@ -94,6 +172,10 @@ def read_sealed(path: Path, what: str = "entry") -> bytes | None:
     n = len(_SEAL) + 32
     body, seal, digest = data[:-n], data[-n:-32], data[-32:]
     if len(data) >= n and seal == _SEAL and hashlib.sha256(body).digest() == digest:
+        try:
+            os.utime(path)      # a use: pruning removes the least recently used entries first
+        except OSError:
+            pass
         return body
     warnings.warn(f"graphgrad: ignoring a corrupt or foreign cached {what} {path} "
                   f"(rebuilding it)", RuntimeWarning, stacklevel=3)
@@ -102,9 +184,9 @@ def read_sealed(path: Path, what: str = "entry") -> bytes | None:
 
 def clear(directory: str | os.PathLike | None = None) -> int:
     """Delete cached objects and schedules (graphs/*.pkl); returns how many were removed."""
-    d = Path(directory) if directory is not None else cache_dir()
     n = 0
-    for p in [*d.glob("*.o"), *d.glob("graphs/*.pkl")]:
+    for p in entries(directory):
         p.unlink(missing_ok=True)
         n += 1
+    _sizes.pop(str(Path(directory) if directory is not None else cache_dir()), None)
     return n

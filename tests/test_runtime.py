@@ -152,3 +152,53 @@ def test_cache_key_covers_the_code_generator(monkeypatch):
     base = cache.cache_key(ADD1)
     monkeypatch.setattr(llvm, "llvm_version_info", (1, 2, 3))
     assert cache.cache_key(ADD1) != base
+
+
+# ---------------------------------------------------------------- the cache's size limit
+def _variant(i):
+    return ADD1.replace("@add1", f"@add1_{i}")
+
+
+def test_cache_stays_under_its_size_limit_dropping_least_recently_used(tmp_path, monkeypatch):
+    """The cache grew without bound (one object per distinct program, forever)."""
+    obj, _ = cache.compile_cached(_variant(0), directory=tmp_path)
+    one = next(tmp_path.glob("*.o")).stat().st_size
+    monkeypatch.setenv("GRAPHGRAD_CACHE_MAX_MB", str(4.5 * one / 2**20))
+    for i in range(1, 4):
+        cache.compile_cached(_variant(i), directory=tmp_path)
+    assert cache.usage(tmp_path) == (4, 4 * one)                  # at the limit: nothing gone
+    old = tmp_path / (cache.cache_key(_variant(1)) + ".o")
+    for i, p in enumerate(sorted(tmp_path.glob("*.o"))):          # ages: all older than now
+        os.utime(p, (1e9 + i, 1e9 + i))
+    os.utime(old, (1e9 - 10, 1e9 - 10))                           # variant 1: the oldest ...
+    assert cache.compile_cached(_variant(1), directory=tmp_path)[1]   # ... until it is used
+    cache.compile_cached(_variant(4), directory=tmp_path)         # 5 > 4.5: prune to 3/4
+    n, size = cache.usage(tmp_path)
+    assert size <= 4.5 * one * 3 / 4 and n == 3
+    assert old.exists() and (tmp_path / (cache.cache_key(_variant(4)) + ".o")).exists()
+    monkeypatch.setenv("GRAPHGRAD_CACHE_MAX_MB", "0")             # 0: no limit
+    for i in range(5, 9):
+        cache.compile_cached(_variant(i), directory=tmp_path)
+    assert cache.usage(tmp_path)[0] == 7
+
+
+def test_cache_limit_must_be_a_number(monkeypatch):
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("GRAPHGRAD_CACHE_MAX_MB", bad)
+        with pytest.raises(ValueError, match="GRAPHGRAD_CACHE_MAX_MB"):
+            cache.max_bytes()
+
+
+def test_cache_command_shows_and_clears(tmp_path):
+    import subprocess
+    import sys
+    cache.compile_cached(ADD1, directory=tmp_path)
+    env = dict(os.environ, GRAPHGRAD_CACHE_DIR=str(tmp_path), GRAPHGRAD_CACHE_MAX_MB="100")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "graphgrad.cli", "cache", *a],  # noqa
+                                    env=env, capture_output=True, text=True, timeout=120)
+    r = run()
+    assert r.returncode == 0 and str(tmp_path) in r.stdout, r.stderr
+    assert "entries: 1," in r.stdout and "limit: 100 MB" in r.stdout
+    r = run("--clear")
+    assert r.returncode == 0 and "removed 1 entries" in r.stdout
+    assert not list(tmp_path.glob("*.o"))
