@@ -224,7 +224,7 @@ def _linear_in_summed(op, args, summed):
     """Is the op linear in its summed operands (the others being parameter-derived)?"""
     if op in LINEAR:
         return True
-    if op == "mul":
+    if op in ("mul", "matmul"):   # sum_t (C_t @ W) = (sum_t C_t) @ W for W parameter-derived
         return sum(a in summed for a in args) == 1
     if op == "div":
         return args[0] in summed and args[1] not in summed

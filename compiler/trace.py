@@ -102,8 +102,10 @@ class IRTracer(Tracer):
         op = gops.ufunc_op(ufunc, method, kw)
         if op is not None:
             return op(*inputs)
-        raise CompileError(f"numpy function np.{ufunc.__name__} applied to a traced array; use "
-                           f"the graphgrad op of the same name", op=ufunc.__name__, src=user_src())
+        name, hint = gops.ufunc_hint(ufunc, method, kw)
+        # (graphgrad has no op named like most ufuncs: np.maximum, np.abs, np.sqrt, ...)
+        raise CompileError(f"numpy function {name} applied to a traced array; use {hint}",
+                           op=ufunc.__name__, src=user_src())
 
 
 class GraphTrace:

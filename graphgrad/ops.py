@@ -382,6 +382,12 @@ def getitem(x, index):
             raise TypeError(f"getitem: only ints, slices, None and ... are supported as indices "
                             f"(got {type(i).__name__}); use take() for integer-array lookups")
     index = tuple(_int(i) if isinstance(i, np.integer) else i for i in index)
+    if builtins.sum(i is Ellipsis for i in index) == 1:
+        # spell `...` out as the full slices it stands for, so x[..., a:b] and x[:, a:b] are one
+        # index (the compiler recognizes column windows by their explicit form)
+        k = index.index(Ellipsis)
+        fill = builtins.max(x.ndim - builtins.sum(i is not None for i in index) + 1, 0)
+        index = index[:k] + (slice(None),) * fill + index[k + 1:]
     return bind("getitem", x, index=index)
 
 
@@ -414,12 +420,18 @@ def _array_ufunc(self, ufunc, method, *inputs, **kw):
         # they read the values (`ndarray == t` compares numbers, as with two arrays)
         return getattr(ufunc, method)(*[x.data if isinstance(x, Tensor) else x for x in inputs],
                                       **kw)
+    name, hint = ufunc_hint(ufunc, method, kw)
+    raise TypeError(f"{name} on a graphgrad Tensor would leave the tape (no gradient); use "
+                    f"{hint}, or .data for a plain array")
+
+
+def ufunc_hint(ufunc, method, kw):
+    """(the call's name, what to use instead): gg.<name> where graphgrad has that function."""
     import graphgrad
     name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
     hint = f"gg.{ufunc.__name__}" if method == "__call__" and not kw and \
         hasattr(graphgrad, ufunc.__name__) else "graphgrad ops"
-    raise TypeError(f"{name} on a graphgrad Tensor would leave the tape (no gradient); use "
-                    f"{hint}, or .data for a plain array")
+    return name, hint
 
 
 def _swap(f):

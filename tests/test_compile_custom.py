@@ -444,3 +444,84 @@ def test_step_with_scaled_bias():
     h0 = rng.normal(size=(2, 4))
     prog = compiler.compile(model, seq_len=3, batch=2, input_size=I, state=h0, backend="numpy")
     check(compare(prog, model, rng.normal(size=(3, 2, I)), h0), np.float64, "scaled bias")
+
+
+# ---------------------------------------------------------------- found by a differential hunt
+def _low_rank(p, x, h):      # recurrent weight as a product of two parameters (rank 2)
+    h2 = gg.tanh(x @ p["Wx"] + h @ (p["A"] @ p["Z"]) + p["b"])
+    return h2 @ p["A"], h2
+
+
+def _low_rank_everywhere(p, x, h):   # products of parameters on both sides, transposed, tanh'd
+    W = gg.tanh(p["A"] @ p["Z"])
+    h2 = gg.tanh(x @ (p["Wx"] @ (p["A"] @ p["Z"])) + h @ W + h @ (p["Z"].T @ p["A"].T) * 0.5)
+    return h2, h2
+
+
+@pytest.mark.parametrize("step", [_low_rank, _low_rank_everywhere], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("B,threads,backend,dt", [(3, 1, "native", np.float64),
+                                                  (1, 1, "native", np.float64),
+                                                  (8, 2, "native", np.float32),
+                                                  (3, 1, "numpy", np.float64)])
+def test_product_of_parameters(step, B, threads, backend, dt):
+    """h @ (A @ Z): the gradient of A is (sum_t h_t^T ct_t) @ Z^T, a parameter-sized product
+    after the batch contraction. It was refused ("matmul: only (per-step value) @
+    (parameter-derived matrix) products ...") because matmul was not counted as linear in
+    the summed gradient, so it could not run after the loop with the transposes and slices."""
+    rng = np.random.default_rng(B)
+    params = {"Wx": rng.normal(size=(I, 4)) * 0.5, "A": rng.normal(size=(4, 2)) * 0.5,
+              "Z": rng.normal(size=(2, 4)) * 0.5, "b": rng.normal(size=(4,)) * 0.1}
+    model = gg.Recurrent(step, {k: v.astype(dt) for k, v in params.items()})
+    s0 = rng.normal(size=(B, 4)).astype(dt) * 0.5
+    prog = compiler.compile(model, seq_len=5, batch=B, input_size=I, state=s0, threads=threads,
+                            backend=backend)
+    worst = check(compare(prog, model, rng.normal(size=(5, B, I)).astype(dt), s0), np.dtype(dt),
+                  step.__name__)
+    TABLE.add(f"custom: {step.__name__} B={B} ({backend}, {DT_NAME[np.dtype(dt)]})", "tape", worst)
+
+
+def _ellipsis_lstm(p, x, state):
+    h, c = state
+    z = x @ p["W"] + h @ p["U"]
+    H = h.shape[-1]
+    i, f, g, o = (z[..., k * H:(k + 1) * H] for k in range(4))
+    c2 = gg.sigmoid(f) * c + gg.sigmoid(i) * gg.tanh(g)
+    h2 = gg.sigmoid(o) * gg.tanh(c2)
+    return gg.concat([h2[..., 1:], h2[..., :1]], axis=-1), (h2, c2)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_column_slices_written_with_ellipsis(backend):
+    """z[..., a:b] is the column window z[:, a:b]; it was refused ("getitem: no native lowering
+    for a per-step getitem here") because only the explicit (:, a:b) form was recognized."""
+    rng = np.random.default_rng(0)
+    model = gg.Recurrent(_ellipsis_lstm, {"W": rng.normal(size=(I, 16)) * 0.5,
+                                          "U": rng.normal(size=(4, 16)) * 0.5})
+    s0 = (rng.normal(size=(3, 4)) * 0.5, rng.normal(size=(3, 4)) * 0.5)
+    prog = compiler.compile(model, seq_len=4, batch=3, input_size=I, state=s0, backend=backend)
+    check(compare(prog, model, rng.normal(size=(4, 3, I)), s0), np.float64, "x[..., a:b]")
+
+
+def test_ellipsis_index_matches_numpy():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    t = gg.Tensor(a)
+    for idx in [(Ellipsis, slice(1, None)), (Ellipsis,), (0, Ellipsis), (None, Ellipsis, 1),
+                (slice(None), Ellipsis, None, slice(0, 2)), (Ellipsis, 1, 2, 3)]:
+        assert np.array_equal(t[idx].data, a[idx]), idx
+
+
+def step_np_maximum(p, x, h):
+    h = np.maximum(x @ p["W"] + h, 0.0)  # <- maximum
+    return h, h
+
+
+def test_numpy_ufunc_without_graphgrad_twin_is_named_plainly():
+    """The message said "use the graphgrad op of the same name" for np.maximum, np.abs, ...,
+    which graphgrad does not have; it now says what the tape says (graphgrad ops)."""
+    model = gg.Recurrent(step_np_maximum, {"W": np.ones((I, 4))})
+    with pytest.raises(CompileError) as e:
+        compiler.compile(model, seq_len=3, batch=2, input_size=I, state=np.zeros((2, 4)),
+                         backend="numpy")
+    msg = str(e.value)
+    assert "np.maximum" in msg and "same name" not in msg and "use graphgrad ops" in msg, msg
+    assert f"test_compile_custom.py:{_marked_line(step_np_maximum)}" in msg, msg
