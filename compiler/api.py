@@ -391,9 +391,9 @@ def compile(model, seq_len, batch, **options):
     with a head and loss (LanguageModel, SequenceClassifier, SequenceRegressor) gives a
     TrainingProgram with value_and_grad(xs, targets, state0) as well. Options: dtype,
     input_size= and state= (custom Recurrent), threads=1|2, split="auto"|"cols"|"batch"|
-    "pipeline" (how two threads share the work; see runtime/program.py), unroll=False,
-    backend="native"|"numpy", opt=3, keep_dumps=False (keep the IR after every pass for
-    prog.dump).
+    "pipeline" (how two threads share the work; see runtime/program.py), unroll=False
+    (native code, not with split="pipeline"), backend="native"|"numpy", opt=3,
+    keep_dumps=False (keep the IR after every pass for prog.dump).
 
     Parameters are read on every call, so optimizer steps, in-place updates and
     load_state_dict take effect without recompiling; numpy arrays a custom step closes over
@@ -450,6 +450,20 @@ def _check_options(model, seq_len, batch, options):
     if options.get("threads", 1) == 2 and options.get("backend", "native") != "native":
         raise ValueError(f"compile: threads=2 runs native code; backend={options['backend']!r} "
                          f"runs in numpy on one thread")
+    # options no program would honour are refused here, not dropped: on backend="numpy" an
+    # unknown split or unroll=True were never read, and the native runtime turned an explicit
+    # split="pipeline" with unroll=True into the column split
+    split = options.get("split", "auto")
+    from runtime.program import SPLITS
+    if not isinstance(split, str) or split not in SPLITS:
+        raise ValueError(f"compile: split must be one of {', '.join(map(repr, SPLITS))}, got "
+                         f"{split!r}")
+    if options.get("unroll", False) and options.get("backend", "native") != "native":
+        raise ValueError(f"compile: unroll=True emits native straight-line code; "
+                         f"backend={options['backend']!r} runs the schedule's loops in numpy")
+    if options.get("unroll", False) and split == "pipeline":
+        raise ValueError("compile: split='pipeline' runs the time loops as loops; unroll=True "
+                         "emits straight-line code (use split='cols' or 'batch' with it)")
     isz = options.get("input_size")
     if isz is not None:
         if not _positive_int(isz):

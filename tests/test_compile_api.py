@@ -367,3 +367,38 @@ def test_parameters_set_directly_are_checked():
         prog.begin(2 * xs)
     with pytest.raises(RuntimeError, match="call begin"):    # the refused begin left none
         prog.finish(np.ones((5, 2, 4), np.float32))
+
+
+@pytest.mark.parametrize("options,words", [
+    (dict(split="bogus", backend="numpy"),
+     r"compile: split must be one of 'auto', 'cols', 'batch', 'pipeline', got 'bogus'"),
+    (dict(split="rows", threads=2), r"compile: split must be .* got 'rows'"),
+    (dict(unroll=True, backend="numpy"),
+     r"compile: unroll=True emits native straight-line code; backend='numpy'"),
+    (dict(unroll=True, threads=2, split="pipeline"),
+     r"compile: split='pipeline' runs the time loops as loops; unroll=True"),
+], ids=["split_unknown_numpy", "split_unknown_native", "unroll_numpy", "unroll_pipeline"])
+def test_options_that_would_be_ignored_are_refused(monkeypatch, options, words):
+    """An option the program would not honour is refused by compile() before any tracing:
+    an unknown split passed silently on backend='numpy' (and only failed after tracing on
+    native), unroll=True on backend='numpy' ran the loops for any T, and split='pipeline' with
+    unroll=True silently ran the column split."""
+    import compiler.api
+
+    def boom(*a, **k):
+        raise AssertionError("compile traced the model although its options are invalid")
+    monkeypatch.setattr(compiler.api, "CompiledProgram", boom)
+    with pytest.raises(ValueError, match=words):
+        compiler.compile(gg.LSTM(4, 5), 6, 3, **options)
+
+
+def test_valid_split_options_still_compile():
+    from runtime.program import SPLITS      # compile() checks against the same names
+    assert set(SPLITS) == {"auto", "cols", "batch", "pipeline"}
+    m = gg.GRU(3, 4, dtype=np.float64)
+    xs = np.random.default_rng(0).standard_normal((5, 2, 3))
+    ref = compiler.compile(m, 5, 2, backend="numpy").forward(xs)[0]
+    for options in (dict(split="auto", backend="numpy"), dict(unroll=True, threads=2),
+                    dict(unroll=True, threads=2, split="cols"), dict(threads=2, split="batch")):
+        out = compiler.compile(m, 5, 2, **options).forward(xs)[0]
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14)
