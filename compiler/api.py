@@ -26,12 +26,15 @@ PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", 
             "sink_slices", "group_invariant_adds", "one_row_sums", "stages", "schedule")
 
 
-def joint_graph(ld, batch, dumps=None, tag="", adjoints=False):
+def joint_graph(ld, batch, dumps=None, tag="", adjoints=False, graphs=None):
     """Optimized forward step, differentiated, with the forward outputs put in front of the
-    cotangent outputs: one graph for the whole training step of a layer-direction."""
+    cotangent outputs: one graph for the whole training step of a layer-direction. `dumps`
+    collects the text of the graph after each pass, `graphs` the graphs themselves (by pass)."""
     def keep(name, G):
         if dumps is not None:
             dumps.setdefault(name, []).append(f"# {tag}\n{ir.dump(G)}")
+        if graphs is not None:
+            graphs[name] = G
         return G
     F = keep("simplify", simplify(ld.step.G))
     F = keep("merge_matmuls", simplify(merge_matmuls(F)))
@@ -357,6 +360,15 @@ class CompiledProgram(ReferenceProgram):
         return ns
 
     def llvm_ir(self, mode="train"):
+        """The LLVM IR of every layer-direction's program: mode "train" (forward + BPTT),
+        "forward" (inference) or "adjoints" (the training variant step_adjoints runs)."""
+        modes = ("train", "forward", "adjoints")
+        if mode not in modes:
+            raise ValueError(f"llvm_ir: unknown mode {mode!r}; choose from {modes}")
+        if mode == "adjoints":
+            for row in self.compiled:
+                for cl in row:
+                    cl.ensure_adjoints()
         return "\n\n".join(n.lowered.ir_text for n in self._natives(mode))
 
     @property
@@ -370,18 +382,22 @@ class CompiledProgram(ReferenceProgram):
         return fusion_report(self)
 
     def dump(self, pass_name="schedule"):
-        """Text of the IR after a pass (see PIPELINE), or of the scheduled kernels."""
-        if pass_name in ("trace",):
-            return "\n\n".join(ir.dump(cl.ld.step.G) for row in self.compiled for cl in row)
-        if self.dumps is None and pass_name not in ("stages", "schedule"):
-            raise ValueError("dump: compile with keep_dumps=True to keep the IR after each pass")
-        if pass_name in (self.dumps or {}):
-            return "\n\n".join(self.dumps[pass_name])
+        """Text of the IR after a pass (see PIPELINE), or of the scheduled kernels; each
+        layer-direction's part is headed '# layer L direction D'."""
+        if pass_name not in PIPELINE:
+            raise KeyError(f"dump: unknown pass {pass_name!r}; choose from {PIPELINE}")
+        cls = [cl for row in self.compiled for cl in row]
+        tags = [f"# layer {cl.ld.layer} direction {cl.ld.direction}" for cl in cls]
+        if pass_name == "trace":
+            return "\n\n".join(f"{tag}\n{ir.dump(cl.ld.step.G)}" for tag, cl in zip(tags, cls))
         if pass_name in ("stages", "schedule"):
             from .report import schedule_text
-            return "\n\n".join(schedule_text(b, with_stages=pass_name == "stages")
-                               for b in self.programs())
-        raise KeyError(f"dump: unknown pass {pass_name!r}; choose from {PIPELINE}")
+            return "\n\n".join(f"{tag}\n{schedule_text(b, with_stages=pass_name == 'stages')}"
+                               for tag, b in zip(tags, self.programs()))
+        if self.dumps is None:
+            raise ValueError(f"dump: the IR after {pass_name!r} is kept only when compiled with "
+                             f"keep_dumps=True ('trace', 'stages' and 'schedule' always are)")
+        return "\n\n".join(self.dumps[pass_name])
 
 
 def compile(model, seq_len, batch, **options):

@@ -123,6 +123,13 @@ class _Builder:
                 kind = "fused"
             elif n.op == "pad_into" and len(n.shape) == 2:
                 kind = "pad"
+            elif n.op in ("sum", "max") and len(n.shape) == 2 and n.shape[1] == 1:
+                # also the gradient of a (batch, 1) value broadcast across the features, which
+                # the user never wrote as a sum
+                self.fail(nid, f"a per-step {n.op} over the features (or the gradient of a "
+                               f"(batch, 1) value broadcast across them) has no native lowering "
+                               f"yet: layer norm, softmax over features and per-row gates run "
+                               f"on the tape only")
             else:
                 self.fail(nid, f"no native lowering for a per-step {n.op} here")
             if len(n.shape) != 2 and kind != "colsum":
@@ -458,8 +465,12 @@ class _Builder:
                         int(np.prod(an.shape[:-1], dtype=np.int64)) == 1:
                     bc = "row"
                 else:
+                    per_row = tuple(an.shape) == (n.shape[0], 1)
                     self.fail(nid, f"operand of shape {list(an.shape)} broadcasts in a way the "
-                                   f"fused kernels do not support")
+                                   f"fused kernels do not support" + (
+                                       " (a (batch, 1) value broadcast across the features has "
+                                       "no native lowering yet; it runs on the tape only)"
+                                       if per_row else ""))
                 key = (self.ref(a, st), bc)
                 inputs.setdefault(key, f"in{len(inputs)}")
                 names.append(inputs[key])
@@ -513,17 +524,30 @@ def evaluator(J, targets, given):
 def memory_per_step(prog, itemsize):
     """Bytes per time step of the per-step buffers, by what they are for: what the forward loop
     saves for the reverse loop (activations; the states are the outputs anyway), the hoisted
-    input projection, and what the reverse loop keeps for the weight-gradient products after it."""
-    writer = {}
+    input projection, and what either loop stores for the weight-gradient products after the
+    reverse loop (a forward-loop value that only those products read, such as the Cho GRU's
+    r * h_prev, counts there and not as saved for the reverse loop)."""
+    writer, readers = {}, {}
     for stage, k in prog.kernels():
-        for r in kernel_refs(k)[1]:
+        ins, outs = kernel_refs(k)
+        for r in ins:
+            readers.setdefault(r.buf, set()).add(stage)
+        for r in outs:
             writer.setdefault(r.buf, stage)
     out = {"saved_for_reverse_bytes": 0, "hoisted_bytes": 0, "kept_for_post_bytes": 0}
-    key = {"fwd_loop": "saved_for_reverse_bytes", "pre": "hoisted_bytes",
-           "bwd_loop": "kept_for_post_bytes"}
     for buf in prog.buffers.values():
-        if buf.steps and buf.kind == "temp" and writer.get(buf.name) in key:
-            out[key[writer[buf.name]]] += int(np.prod(buf.shape)) * itemsize
+        if not buf.steps or buf.kind != "temp":
+            continue
+        w, r = writer.get(buf.name), readers.get(buf.name, set())
+        if w == "pre":
+            key = "hoisted_bytes"
+        elif w == "fwd_loop" and "bwd_loop" in r:
+            key = "saved_for_reverse_bytes"
+        elif w in ("fwd_loop", "bwd_loop") and "post" in r:
+            key = "kept_for_post_bytes"
+        else:
+            continue
+        out[key] += int(np.prod(buf.shape)) * itemsize
     return out
 
 

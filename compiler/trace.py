@@ -88,6 +88,16 @@ class IRTracer(Tracer):
                            f"cannot branch on or export data (use graphgrad ops instead)",
                            src=user_src())
 
+    def _compare(self, other, sym):
+        raise CompileError(f"comparison {sym!r} on a traced array: graphgrad has no comparison "
+                           f"ops, and a compiled step cannot branch on data (use graphgrad ops "
+                           f"such as gg.relu or a mask computed from them instead)", op=sym,
+                           src=user_src())
+
+    def __lt__(self, o): self._compare(o, "<")
+    def __le__(self, o): self._compare(o, "<=")
+    def __gt__(self, o): self._compare(o, ">")
+    def __ge__(self, o): self._compare(o, ">=")
     def __bool__(self): self._concrete("bool()")
     def __float__(self): self._concrete("float()")
     def __int__(self): self._concrete("int()")
@@ -180,6 +190,22 @@ class StepGraph:
         return outs[0], unflatten(self.state_tree, outs[1:])
 
 
+def _step_name(fn) -> str:
+    """'name (file:line)' of a step function's definition (functions, lambdas, methods,
+    functools.partial), for errors about what it returned; the bare name when unknown."""
+    f = getattr(fn, "func", fn)           # functools.partial
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or "step"
+    code = getattr(f, "__code__", None)   # bound methods forward it from __func__
+    if code is None:
+        return name
+    path = code.co_filename
+    try:
+        path = os.path.relpath(path)
+    except ValueError:
+        pass
+    return f"{name} ({path}:{code.co_firstlineno})"
+
+
 def trace_step(step_fn, params, x_aval, state_avals) -> StepGraph:
     """Trace `step_fn(p, x_t, state) -> (y_t, new_state)` on abstract values into a StepGraph."""
     G = ir.new_graph()
@@ -189,7 +215,7 @@ def trace_step(step_fn, params, x_aval, state_avals) -> StepGraph:
     leaves, tree = flatten(state_avals)
     st = [tr.new_input(to_aval(a), "state", f"state[{i}]") for i, a in enumerate(leaves)]
     out = step_fn(p, x, unflatten(tree, st))
-    where = getattr(step_fn, "__name__", "step")
+    where = _step_name(step_fn)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(f"{where}: a step function must return (y_t, new_state), got "
                         f"{type(out).__name__}")
@@ -205,8 +231,10 @@ def trace_step(step_fn, params, x_aval, state_avals) -> StepGraph:
         nid = tr.lift(v, fdt, "output")
         got = ir.aval_of(ir.node(G, nid))
         if got != to_aval(a):
+            src = ir.node(G, nid).src     # the user's line that computed the leaf
             raise ValueError(f"{where}: new state leaf {i} is {got}, the state is {to_aval(a)}; "
-                             f"a step must keep the state's shape and dtype")
+                             f"a step must keep the state's shape and dtype"
+                             + (f" (at {src})" if src else ""))
         ns_ids.append(nid)
     G.graph["outputs"] = [y_id] + ns_ids
     G.graph["out_names"] = ["y"] + [f"new_state[{i}]" for i in range(len(ns_ids))]

@@ -525,3 +525,40 @@ def test_numpy_ufunc_without_graphgrad_twin_is_named_plainly():
     msg = str(e.value)
     assert "np.maximum" in msg and "same name" not in msg and "use graphgrad ops" in msg, msg
     assert f"test_compile_custom.py:{_marked_line(step_np_maximum)}" in msg, msg
+
+
+def step_layer_norm(p, x, h):
+    z = x @ p["W"] + h
+    h = gg.tanh(z - gg.mean(z, axis=1, keepdims=True))  # <- mean
+    return h, h
+
+
+def step_softmax(p, x, h):
+    h = gg.softmax(x @ p["W"] + h, axis=1)  # <- softmax
+    return h, h
+
+
+def step_row_gate(p, x, h):
+    h = gg.tanh(x @ p["W"] + gg.sigmoid(x[:, :1]) * h)  # <- gate
+    return h, h
+
+
+@pytest.mark.parametrize("fn,words", [
+    (step_layer_norm, ["sum", "per-step sum over the features", "layer norm"]),
+    (step_softmax, ["max", "per-step max over the features", "softmax"]),
+    (step_row_gate, ["(a (batch, 1) value broadcast across the features"]),
+], ids=["layer_norm", "softmax", "row_gate"])
+def test_row_reductions_are_refused_saying_what_and_where(fn, words):
+    """Per-step reductions over the features and (batch, 1) gates are not lowered; the error
+    said "no native lowering for a per-step sum here", a sum the user may never have written
+    (row gate: the gradient of its broadcast). It now says what is missing; the tape runs them."""
+    model = gg.Recurrent(fn, {"W": np.ones((I, 4)) * 0.1})
+    xs = np.ones((3, 2, I))
+    model(xs, np.zeros((2, 4)))                                      # the tape runs it
+    with pytest.raises(CompileError) as e:
+        compiler.compile(model, seq_len=3, batch=2, input_size=I, state=np.zeros((2, 4)),
+                         backend="numpy")
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, msg
+    assert f"test_compile_custom.py:{_marked_line(fn)}" in msg, msg    # the user's line

@@ -59,8 +59,11 @@ def run(args):
         model = gg.make_rnn(args.cell, args.input, args.hidden, num_layers=args.layers or 1,
                             bidirectional=bool(args.bidirectional),
                             dtype=np.dtype(args.dtype or "float32"))
-    prog = compiler.compile(model, args.T, args.batch, threads=args.threads, keep_dumps=True,
-                            **kw)
+    try:
+        prog = compiler.compile(model, args.T, args.batch, threads=args.threads,
+                                keep_dumps=True, **kw)
+    except compiler.CompileError as e:   # the step in the user's file: op and line, one line
+        raise ValueError(f"cannot compile {args.model or args.cell}: {e}") from e
     if args.dump == "report":
         print(prog.fusion_report())
         print(f"compiled in {prog.compile_seconds:.2f} s")
