@@ -37,8 +37,8 @@ def max_bytes() -> int:
     except ValueError:
         raise ValueError(f"GRAPHGRAD_CACHE_MAX_MB must be a number of megabytes, got {v!r}") \
             from None
-    if not mb >= 0:
-        raise ValueError(f"GRAPHGRAD_CACHE_MAX_MB must be >= 0, got {v!r}")
+    if not 0 <= mb < float("inf"):
+        raise ValueError(f"GRAPHGRAD_CACHE_MAX_MB must be a finite number >= 0, got {v!r}")
     return int(mb * 2**20)
 
 

@@ -183,7 +183,7 @@ def test_cache_stays_under_its_size_limit_dropping_least_recently_used(tmp_path,
 
 
 def test_cache_limit_must_be_a_number(monkeypatch):
-    for bad in ("lots", "-1", "nan"):
+    for bad in ("lots", "-1", "nan", "inf"):
         monkeypatch.setenv("GRAPHGRAD_CACHE_MAX_MB", bad)
         with pytest.raises(ValueError, match="GRAPHGRAD_CACHE_MAX_MB"):
             cache.max_bytes()

@@ -18,11 +18,12 @@ Functions, per dtype tag ("f32"/"f64"), all `void`:
       streams past it. A prepacked operand over PF_NEXT_BYTES does not fit in L2 and comes
       from L3 every call: each row block also fetches its share of the next panel into L2.
       Many rows (the whole-sequence products): MR-row blocks outer (their MR x KC slice of A
-      stays in L1), panels inner streamed from the L2-resident chunk. The MR broadcast scalars per k come
-      straight from A through its strides, except for A^T with many rows: there the MR x kc slice
-      is first copied k-major into ws (after the B chunk), because its k steps are one cache
-      line each and a power-of-two row count makes them collide in L1 (measured 45-58 ->
-      86-97 GFLOP/s at M=2048, K=3200, N=512). Measured against OpenBLAS in docs/runtime.md.
+      stays in L1), panels inner streamed from the L2-resident chunk. The MR broadcast scalars
+      per k come straight from A through its strides, except for A^T with many rows: there the
+      MR x kc slice is first copied k-major into ws (after the B chunk), because its k steps are
+      one cache line each and a power-of-two row count makes them collide in L1 (measured
+      45-58 -> 86-97 GFLOP/s at M=2048, K=3200, N=512). Measured against OpenBLAS in
+      docs/runtime.md.
 The micro-kernel keeps MR x 4 accumulators (6 x 4 = 24 zmm) and per k step loads 4 panel vectors
 and broadcasts MR A scalars; rows past a multiple of MR use the exact-height kernel, columns past
 N use masked stores. acc (0/1) selects C += instead of C =.
