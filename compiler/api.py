@@ -458,14 +458,14 @@ def _check_options(model, seq_len, batch, options):
         if not _int(v) or v not in allowed:
             words = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
             raise ValueError(f"compile: {name} must be {words}, got {v!r}")
-    if not isinstance(options.get("unroll", False), bool):
-        raise ValueError(f"compile: unroll must be True or False, got {options['unroll']!r}")
-    if options.get("backend", "native") not in ("native", "numpy"):
-        raise ValueError(f"compile: backend must be 'native' or 'numpy', got "
-                         f"{options['backend']!r}")
-    if options.get("threads", 1) == 2 and options.get("backend", "native") != "native":
-        raise ValueError(f"compile: threads=2 runs native code; backend={options['backend']!r} "
-                         f"runs in numpy on one thread")
+    unroll, backend = options.get("unroll", False), options.get("backend", "native")
+    if not isinstance(unroll, bool):
+        raise ValueError(f"compile: unroll must be True or False, got {unroll!r}")
+    if backend not in ("native", "numpy"):
+        raise ValueError(f"compile: backend must be 'native' or 'numpy', got {backend!r}")
+    if options.get("threads", 1) == 2 and backend != "native":
+        raise ValueError(f"compile: threads=2 runs native code; backend={backend!r} runs in "
+                         f"numpy on one thread")
     # options no program would honour are refused here, not dropped: on backend="numpy" an
     # unknown split or unroll=True were never read, and the native runtime turned an explicit
     # split="pipeline" with unroll=True into the column split
@@ -474,10 +474,10 @@ def _check_options(model, seq_len, batch, options):
     if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"compile: split must be one of {', '.join(map(repr, SPLITS))}, got "
                          f"{split!r}")
-    if options.get("unroll", False) and options.get("backend", "native") != "native":
+    if unroll and backend != "native":
         raise ValueError(f"compile: unroll=True emits native straight-line code; "
-                         f"backend={options['backend']!r} runs the schedule's loops in numpy")
-    if options.get("unroll", False) and split == "pipeline":
+                         f"backend={backend!r} runs the schedule's loops in numpy")
+    if unroll and split == "pipeline":
         raise ValueError("compile: split='pipeline' runs the time loops as loops; unroll=True "
                          "emits straight-line code (use split='cols' or 'batch' with it)")
     isz = options.get("input_size")

@@ -9,28 +9,20 @@ unpickles (a numpy or Python upgrade) is rebuilt too.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import pickle
 from pathlib import Path
 
 from runtime.cache import cache_dir, keep_under_limit, read_sealed, write_sealed
+from runtime.sources import source_hash
 
 _SOURCES = ("compiler", "compiler/passes", "graphgrad/core.py", "graphgrad/ops.py")
 
 
-@functools.cache
 def _fingerprint() -> str:
     """Hash of the source files that decide what a build produces."""
     root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for rel in _SOURCES:
-        p = root / rel
-        files = sorted(p.glob("*.py")) if p.is_dir() else [p]
-        for f in files:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
+    return source_hash(*(str(root / rel) for rel in _SOURCES))
 
 
 def graph_text(G) -> str:

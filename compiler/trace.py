@@ -32,13 +32,17 @@ def user_src() -> str:
     while f is not None:
         fn = os.path.abspath(f.f_code.co_filename)
         if fn not in _PLUMBING and not fn.startswith(_COMPILER):
-            try:
-                fn = os.path.relpath(fn)
-            except ValueError:
-                pass
-            return f"{fn}:{f.f_lineno} ({f.f_code.co_name})"
+            return f"{_rel(fn)}:{f.f_lineno} ({f.f_code.co_name})"
         f = f.f_back
     return ""
+
+
+def _rel(path: str) -> str:
+    """path relative to the working directory, as errors show it (absolute on another drive)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
 
 
 def to_aval(v) -> AVal:
@@ -198,12 +202,7 @@ def _step_name(fn) -> str:
     code = getattr(f, "__code__", None)   # bound methods forward it from __func__
     if code is None:
         return name
-    path = code.co_filename
-    try:
-        path = os.path.relpath(path)
-    except ValueError:
-        pass
-    return f"{name} ({path}:{code.co_firstlineno})"
+    return f"{name} ({_rel(code.co_filename)}:{code.co_firstlineno})"
 
 
 def trace_step(step_fn, params, x_aval, state_avals) -> StepGraph:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import itertools
 import struct
 from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
+
+from runtime.sources import source_hash
 
 
 @functools.cache
@@ -40,18 +41,12 @@ def target_info() -> TargetInfo:
                       llvm.get_host_cpu_features().flatten())
 
 
-@functools.cache
-def _source_hash() -> str:
-    with open(__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def codegen_id() -> str:
     """What besides the IR and the target decides the object code: the LLVM and llvmlite
     versions and this module's pass pipeline (its source), so cached objects made by another
     code generator are not loaded."""
     import llvmlite
-    return f"llvm {llvm.llvm_version_info} llvmlite {llvmlite.__version__} jit {_source_hash()}"
+    return f"llvm {llvm.llvm_version_info} llvmlite {llvmlite.__version__} jit {source_hash(__file__)}"
 
 
 @functools.cache

@@ -6,33 +6,25 @@ in a process it is linked once and its addresses are reused by every program tha
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from pathlib import Path
 
 from compiler.llvmlib import library as lib
 from runtime import cache, jit
+from runtime.sources import source_hash
 
 _lock = threading.Lock()
 
 
 @functools.cache
-def _generator_source() -> str:
-    """The library's IR is a function of the code that emits it: key the cache by that code,
-    so a warm start never renders the (large) module text."""
-    root = Path(lib.__file__).resolve().parent
-    h = hashlib.sha256()
-    for f in sorted(root.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-@functools.cache
 def _load(dtype: str) -> jit.Loaded:
     triple = jit.target_info().triple
+    # the library's IR is a function of the code that emits it: keyed by that code, a warm
+    # start never renders the (large) module text
+    emitter = source_hash(str(Path(lib.__file__).resolve().parent))
     obj, _ = cache.compile_cached(lambda: str(lib.build(dtype, triple)), 3,
                                   {"library": lib.LIBRARY_VERSION, "dtype": dtype},
-                                  key_text=f"library source {_generator_source()}")
+                                  key_text=f"library source {emitter}")
     return jit.load(obj, lib.symbols(dtype))
 
 
