@@ -15,7 +15,7 @@ import numpy as np
 
 from . import graph_cache, ir
 from .build import build, evaluator
-from .passes import simplify
+from .passes.simplify import DIFFERENTIATED_RULES, simplify
 from .autodiff import vjp_graph
 from .passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from .passes.loops import merge_matmuls
@@ -43,7 +43,7 @@ def joint_graph(ld, batch, dumps=None, tag="", adjoints=False, graphs=None):
     J.graph["outputs"] = list(F.graph["outputs"]) + list(B.graph["outputs"])
     if adjoints:   # also the total dL/ds_t of every new state leaf, per step
         J.graph["outputs"] += [B.graph["ct_of"][o] for o in F.graph["outputs"][1:]]
-    J = keep("simplify_joint", simplify(J))
+    J = keep("simplify_joint", simplify(J, rules=DIFFERENTIATED_RULES))
     J = keep("pads_to_concat", pads_to_concat(J))
     J = keep("sink_slices", simplify(sink_slices(J)))
     J = keep("group_invariant_adds", simplify(group_invariant_adds(J)))

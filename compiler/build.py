@@ -22,7 +22,7 @@ from graphgrad.core import PRIMITIVES
 from . import ir
 from .errors import CompileError
 from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref, kernel_refs
-from .stages import is_col_view, is_contraction
+from .stages import batch_mixing, is_col_view, is_contraction
 
 LOOP = {"fwd": "fwd_loop", "bwd": "bwd_loop"}
 STAGE_LIST = {"pre": "pre", "fwd": "fwd_loop", "bwd": "bwd_loop", "post": "post",
@@ -99,7 +99,9 @@ class _Builder:
             n = self.node(nid)
             args = self.args(nid)
             # kernels of other stages run in other lists: only same-stage producers order us
-            ready = max([produced[a] for a in args if a in produced and produced[a] >= 0 and
+            # a row reduction's value is complete only after its kernel: readers come later
+            ready = max([produced[a] + self.is_rowred(a) for a in args
+                         if a in produced and produced[a] >= 0 and
                          self.groups[produced[a]][0] == STAGE_LIST[st]], default=-1)
             if is_col_view(n):
                 produced[nid] = produced.get(args[0], -1)
@@ -119,17 +121,14 @@ class _Builder:
                     self.fail(nid, "concat is lowered along the feature axis of (batch, features)"
                                    " values only")
                 kind = "concat"
-            elif PRIMITIVES[n.op].kind == "elementwise":
-                kind = "fused"
+            elif (PRIMITIVES[n.op].kind == "elementwise" or self.is_rowred(nid) or
+                  (n.op == "broadcast_to" and len(n.shape) == 2)):
+                kind = "fused"     # a row reduction is the epilogue of its operand's kernel
             elif n.op == "pad_into" and len(n.shape) == 2:
                 kind = "pad"
-            elif n.op in ("sum", "max") and len(n.shape) == 2 and n.shape[1] == 1:
-                # also the gradient of a (batch, 1) value broadcast across the features, which
-                # the user never wrote as a sum
-                self.fail(nid, f"a per-step {n.op} over the features (or the gradient of a "
-                               f"(batch, 1) value broadcast across them) has no native lowering "
-                               f"yet: layer norm, softmax over features and per-row gates run "
-                               f"on the tape only")
+            elif n.op in ("sum", "max") and 0 in ir.thaw_attrs(n)["axis"] and \
+                    len(self.node(args[0]).shape) == 2:
+                self.fail(nid, batch_mixing(n.op))
             else:
                 self.fail(nid, f"no native lowering for a per-step {n.op} here")
             if len(n.shape) != 2 and kind != "colsum":
@@ -161,7 +160,21 @@ class _Builder:
             for u in self.J.successors(nid))
 
     def domain(self, nid):
+        """The iteration space a node computes in: a row reduction in its operand's."""
+        if self.is_rowred(nid):
+            return tuple(self.node(self.args(nid)[0]).shape)
         return tuple(self.node(nid).shape)
+
+    def is_rowred(self, nid):
+        """A per-step sum or max over the features of a (rows, features) value, keeping the
+        (rows, 1) shape (layer norm's mean, softmax's max and normalizer, and the gradient of a
+        (batch, 1) value broadcast across the features)."""
+        n = self.node(nid)
+        if n.op not in ("sum", "max") or self.stage.get(nid) in (None, "inv", "tail"):
+            return False
+        src = self.node(self.args(nid)[0])
+        return (len(src.shape) == 2 and ir.thaw_attrs(n)["axis"] == (1,) and
+                tuple(n.shape) == (src.shape[0], 1))
 
     # ---------------------------------------------------------------- homes
     def needs_home(self, nid):
@@ -265,7 +278,7 @@ class _Builder:
         (e.g. the bias add writes over the hoisted projection): one buffer and pass fewer.
         Safe in a fused kernel, which reads each element before it writes it."""
         g = self.group_of.get(nid)
-        if g is None or self.groups[g][1] != "fused":
+        if g is None or self.groups[g][1] != "fused" or self.is_rowred(nid):
             return None
         n = self.node(nid)
         for a in self.args(nid):
@@ -443,43 +456,60 @@ class _Builder:
         self.kernels["pre"][:0] = self.inits
 
     def fused(self, gi, stage, st, nodes):
-        inputs, body, outputs = {}, [], []
+        inputs, body, outputs, rowreds = {}, [], [], []
         members = set(nodes)
+
+        def operand(a, shape, user):
+            """The body name of value a read by `user` (iterating over `shape`)."""
+            if a in members:
+                return f"v{a}"
+            lit = self.literal(a)
+            if lit is not None:
+                return lit
+            an = self.node(a)
+            if tuple(an.shape) == tuple(shape):
+                bc = "full"
+            elif int(np.prod(an.shape, dtype=np.int64)) == 1:
+                bc = "scalar"
+            elif len(an.shape) <= 2 and an.shape[-1] == shape[-1] and \
+                    int(np.prod(an.shape[:-1], dtype=np.int64)) == 1:
+                bc = "row"
+            elif tuple(an.shape) == (shape[0], 1):
+                bc = "col"
+            else:
+                self.fail(user, f"operand of shape {list(an.shape)} broadcasts in a way the "
+                                f"fused kernels do not support")
+            key = (self.ref(a, st), bc)
+            inputs.setdefault(key, f"in{len(inputs)}")
+            return inputs[key]
+
         for nid in nodes:
             n = self.node(nid)
-            names = []
-            for a in self.args(nid):
-                if a in members:
-                    names.append(f"v{a}")
-                    continue
-                lit = self.literal(a)
-                if lit is not None:
-                    names.append(lit)
-                    continue
-                an = self.node(a)
-                if tuple(an.shape) == tuple(n.shape):
-                    bc = "full"
-                elif int(np.prod(an.shape, dtype=np.int64)) == 1:
-                    bc = "scalar"
-                elif len(an.shape) <= 2 and an.shape[-1] == n.shape[-1] and \
-                        int(np.prod(an.shape[:-1], dtype=np.int64)) == 1:
-                    bc = "row"
-                else:
-                    per_row = tuple(an.shape) == (n.shape[0], 1)
-                    self.fail(nid, f"operand of shape {list(an.shape)} broadcasts in a way the "
-                                   f"fused kernels do not support" + (
-                                       " (a (batch, 1) value broadcast across the features has "
-                                       "no native lowering yet; it runs on the tape only)"
-                                       if per_row else ""))
-                key = (self.ref(a, st), bc)
-                inputs.setdefault(key, f"in{len(inputs)}")
-                names.append(inputs[key])
-            body.append((f"v{nid}", n.op, tuple(names), n.attrs))
+            if self.is_rowred(nid):
+                src = self.args(nid)[0]
+                rowreds.append((operand(src, self.node(src).shape, nid),
+                                self.homes[nid].ref(st), n.op))
+                continue
+            names = tuple(operand(a, n.shape, nid) for a in self.args(nid))
+            if n.op == "broadcast_to":
+                # operands arrive broadcast ("row", "col", "scalar"): only the value is left,
+                # and x * 1.0 is x exactly (NaN, -0.0 and inf included)
+                body.append((f"v{nid}", "mul", names + (1.0,), ()))
+            else:
+                body.append((f"v{nid}", n.op, names, n.attrs))
             if nid in self.homes:
                 outputs.append((f"v{nid}", self.homes[nid].ref(st)))
+        if rowreds and not outputs and all(bc != "full" for _, bc in inputs):
+            # nothing of the reduced width is read or written (a sum of broadcasts): store
+            # the first reduced value so the kernel has a (rows, features) iteration space
+            src = self.args(next(n for n in nodes if self.is_rowred(n)))[0]
+            steps = "T" if stage in ("pre", "post") else None
+            home = Home(self.buffer(f"v{src}", self.node(src).shape, steps),
+                        0 if steps else None)
+            outputs.append((f"v{src}", home.ref(st)))
         ops = "_".join(dict.fromkeys(self.node(n).op for n in nodes))[:40]
         return Fused(f"{stage}{gi}_{ops}", tuple(inputs), tuple(body), tuple(outputs), (),
-                     tuple(nodes))
+                     tuple(nodes), tuple(rowreds))
 
 
 def evaluate(J, targets, env):
@@ -562,7 +592,7 @@ def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
                    b.kernels["post"], {"batch": batch})
     report = {**memory_per_step(prog, np.dtype(b.dt).itemsize),
               "buffers": len(b.bufs),
-              "fused_kernels": sum(isinstance(k, Fused) and bool(k.body)
+              "fused_kernels": sum(isinstance(k, Fused) and bool(k.body or k.rowreds)
                                    for _, k in prog.kernels()),
               "gemms_per_step": sum(isinstance(k, Gemm) for s, k in prog.kernels()
                                     if s in ("fwd_loop", "bwd_loop"))}

@@ -22,6 +22,7 @@ from compiler.schedule import Copy, Fill, Fused, fused_domain, ref_window
 # and GRU training step at (32, 64..256, 128..256, 100), no change at the larger sizes. Kernels of
 # one row per slot (B = 1) would only fetch the next step's slot, so they do not prefetch.
 PF_ROWS = 1
+_IDENTITY = {"sum": 0.0, "max": float("-inf")}
 
 
 def as_fused(k) -> Fused:
@@ -35,15 +36,21 @@ def as_fused(k) -> Fused:
 def kernel_refs(k: Fused) -> list:
     """The Refs in the order they are passed to the emitted function."""
     return ([r for r, _ in k.inputs] + [r for _, r in k.outputs] +
-            [r for _, r, _ in k.colsums])
+            [r for _, r, _ in k.colsums] + [r for _, r, _ in k.rowreds])
 
 
 def row_refs(k: Fused) -> list:
-    """Per kernel argument (kernel_refs order): whether it is a whole-row window, read or
-    written one row per iteration row (full inputs, outputs), rather than a broadcast row or
-    scalar, or a column-sum accumulator, which every row reuses."""
+    """Per kernel argument (kernel_refs order): whether it advances one row per iteration row
+    (full and per-row "col" inputs, outputs, row-reduction targets), rather than a broadcast
+    row or scalar, or a column-sum accumulator, which every row reuses."""
+    return ([bc in ("full", "col") for _, bc in k.inputs] + [True] * len(k.outputs) +
+            [False] * len(k.colsums) + [True] * len(k.rowreds))
+
+
+def _wide_rows(k: Fused) -> list:
+    """Per kernel argument: whether it is a whole (cols)-wide row window (worth prefetching)."""
     return ([bc == "full" for _, bc in k.inputs] + [True] * len(k.outputs) +
-            [False] * len(k.colsums))
+            [False] * (len(k.colsums) + len(k.rowreds)))
 
 
 def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> ir.Function:
@@ -86,12 +93,22 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
             columns(lambda j, m, a=a, v=v: v.vstore(b, ir.Constant(v.vty, 0.0), v.gep(b, a, j), m))
 
     per_row = row_refs(k)
+    # row reductions accumulate lane-wise in a vector (an alloca SROA keeps in registers),
+    # folded to one value per row after the columns
+    first_rr = len(refs) - len(k.rowreds)
+    accs = [(b.alloca(info[first_rr + i][1].vty), op, info[first_rr + i][1])
+            for i, (_, _, op) in enumerate(k.rowreds)]
 
     def row(r):
         bases = []
         for (ref, v, ld), a, full in zip(info, fn.args, per_row):
             bases.append(v.gep(b, a, b.mul(r, ir.Constant(I64, ld))) if full else a)
-        columns(lambda j, m: _body(b, k, info, bases, width, j, m, outline, prefetch))
+        for p, op, v in accs:
+            b.store(ir.Constant(v.vty, _IDENTITY[op]), p)
+        columns(lambda j, m: _body(b, k, info, bases, width, j, m, outline, prefetch, accs))
+        for (p, op, v), base in zip(accs, bases[first_rr:]):
+            acc = b.load(p, typ=v.vty)
+            b.store(v.hsum(b, acc) if op == "sum" else v.hmax(b, acc), base)
 
     loop(b, ir.Constant(I64, 0), nrows, 1, lambda r, _: row(r))
     b.ret_void()
@@ -99,21 +116,21 @@ def emit_fused(module: ir.Module, prog, k, name: str, outline: bool = False) -> 
 
 
 def _prefetch_next_rows(b, k, info, bases, j):
-    for i, ((_, v, ld), full) in enumerate(zip(info, row_refs(k))):
+    for i, ((_, v, ld), full) in enumerate(zip(info, _wide_rows(k))):
         if full:    # outputs' lines are about to be written. Past the last row the address may
             #         leave the buffer (a prefetch never faults): no inbounds.
             p = b.gep(bases[i], [b.add(j, ir.Constant(I64, PF_ROWS * ld))], source_etype=v.fty)
             prefetch(b, p, write=i >= len(k.inputs))
 
 
-def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False):
+def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False, accs=()):
     e = LLVMEmitter(b, width, outline)
     env = {}
     if prefetch:
         _prefetch_next_rows(b, k, info, bases, j)
     for i, (ref, bc) in enumerate(k.inputs):
         v = info[i][1]
-        if bc == "scalar":
+        if bc in ("scalar", "col"):    # a col base is already at the row's one value
             env[f"in{i}"] = v.splat(b, b.load(bases[i], typ=v.fty))
         else:
             env[f"in{i}"] = v.vload(b, v.gep(b, bases[i], j), mask)
@@ -135,3 +152,11 @@ def _body(b, k, info, bases, width, j, mask, outline=False, prefetch=False):
         v = info[n_in + n_out + c][1]
         p = v.gep(b, bases[n_in + n_out + c], j)
         v.vstore(b, b.fadd(v.vload(b, p, mask), env[name]), p, mask)
+    for (name, ref, _), (p, op, v) in zip(k.rowreds, accs):
+        val = env[name]
+        if val.type != v.vty:
+            raise TypeError(f"Fused {k.name}: local {name} is {val.type}, rowred {ref} is {v.vty}")
+        if mask is not None:    # lanes past the row's end must not count
+            val = b.select(mask, val, ir.Constant(v.vty, _IDENTITY[op]))
+        acc = b.load(p, typ=v.vty)
+        b.store(b.fadd(acc, val) if op == "sum" else v.vmax(b, acc, val), p)

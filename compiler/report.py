@@ -30,6 +30,8 @@ def kernel_text(k, J=None):
             lines.append(f"    {_ref(r)} <- {loc}")
         for loc, r, acc in k.colsums:
             lines.append(f"    {_ref(r)} {'+=' if acc else '='} colsum({loc})")
+        for loc, r, op in k.rowreds:
+            lines.append(f"    {_ref(r)} = row{op}({loc})")
         return "\n".join(lines)
     return repr(k)
 
@@ -72,11 +74,14 @@ def fusion_report(prog) -> str:
                    f"{len(p.buffers)} buffers")
         for stage in ("pre", "fwd_loop", "bwd_loop", "post"):
             for k in getattr(p, stage):
-                if isinstance(k, Fused) and k.body:
+                if isinstance(k, Fused) and (k.body or k.rowreds):
                     ops = [ir.node(J, n).op for n in k.sources if n in J]
                     counts = {o: ops.count(o) for o in dict.fromkeys(ops)}
                     desc = ", ".join(f"{o} x{c}" if c > 1 else o for o, c in counts.items())
                     extra = f" + {len(k.colsums)} column-sum epilogue(s)" if k.colsums else ""
+                    if k.rowreds:
+                        extra += (f" + {len(k.rowreds)} row reduction(s) over the features ("
+                                  f"{', '.join(op for _, _, op in k.rowreds)})")
                     out.append(f"  {stage:<9} {k.name}: {len(k.sources)} ops fused ({desc}){extra}")
                 elif isinstance(k, Fused) and k.colsums:
                     out.append(f"  {stage:<9} {k.name}: column sums (bias gradients) over "

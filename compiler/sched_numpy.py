@@ -82,6 +82,10 @@ def run_fused(prog, k: Fused, V):
             out[0] += s
         else:
             out[0] = s
+    for name, r, op in k.rowreds:
+        with np.errstate(all="ignore"):
+            V(r)[...] = getattr(np, op)(np.broadcast_to(env[name], dom.shape), axis=1,
+                                        keepdims=True)
 
 
 def execute(prog: Program, T: int, inputs: dict, check: bool = True, phase=None,

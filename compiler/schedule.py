@@ -27,8 +27,10 @@ Semantics shared by the numpy executor (compiler/sched_numpy.py, the oracle) and
     overlap its operands (accumulate=True reads it only as C).
   * Fused iterates over the (rows, cols) of its first output (or, without outputs, its first
     "full" input). Every full input and output window must have that shape; "row" inputs are
-    (cols,) windows, "scalar" inputs one element. Colsums sum a local over all rows; with
-    accumulate=False they overwrite their target.
+    (cols,) windows, "col" inputs (rows, 1) windows (one value per row), "scalar" inputs one
+    element. Colsums sum a local over all rows; with accumulate=False they overwrite their
+    target. Rowreds reduce a local over the columns of each row into a (rows, 1) window (layer
+    norm's mean, softmax's max and sum); nothing else in their kernel may read that window.
   * Batch. meta["batch"] is B. meta["batched"], if present, lists the batch-major buffers
     (rows = B). Otherwise: buffers of kind "param" and "grad" (parameter gradients) do not depend
     on B and every other 2-d buffer whose rows equal B is batch-major. A program can then be
@@ -74,10 +76,11 @@ class Fused:
     """One loop nest over the (rows, cols) of its outputs running `body` elementwise.
 
     inputs: (Ref, bcast) with bcast "full" (rows, cols), "row" (a (cols,) vector repeated on every
-      row) or "scalar". body: (dst, op, args, attrs) in order; op is a primitive with a `lower`
+      row), "col" (a (rows, 1) column repeated across the columns) or "scalar". body: (dst, op, args, attrs) in order; op is a primitive with a `lower`
       rule; args name "in<k>", an earlier dst, or a float constant. outputs: (local name, Ref).
       colsums: (local name, Ref, accumulate) epilogues summing a local over rows into a (cols,)
-      vector (bias gradients).
+      vector (bias gradients). rowreds: (local name, Ref, op) epilogues reducing a local over
+      each row's columns (op "sum" or "max", NaN-propagating like numpy) into a (rows, 1) window.
     """
     name: str
     inputs: tuple
@@ -85,6 +88,7 @@ class Fused:
     outputs: tuple
     colsums: tuple = ()
     sources: tuple = ()        # the IR node ids fused here, for the fusion report
+    rowreds: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def kernel_refs(k):
         return [k.a, k.b] + ([k.out] if k.accumulate else []), [k.out]
     if isinstance(k, Fused):
         reads = [r for r, _ in k.inputs] + [r for _, r, acc in k.colsums if acc]
-        return reads, [r for _, r in k.outputs] + [r for _, r, _ in k.colsums]
+        return reads, ([r for _, r in k.outputs] + [r for _, r, _ in k.colsums] +
+                       [r for _, r, _ in k.rowreds])
     if isinstance(k, Copy):
         return [k.src], [k.out]
     if isinstance(k, Fill):
@@ -235,7 +240,8 @@ def _check_fused(prog, k):
     dom = fused_domain(prog, k)
     for r, bc in k.inputs:
         rows, per_t, cols = _dims(prog, r)
-        want = {"full": dom, "row": (1, False, dom[2]), "scalar": (1, False, 1)}.get(bc)
+        want = {"full": dom, "row": (1, False, dom[2]), "col": (dom[0], dom[1], 1),
+                "scalar": (1, False, 1)}.get(bc)
         if want is None:
             raise ValueError(f"Fused {k.name}: unknown broadcast {bc!r}")
         if (rows, per_t, cols) != want:
@@ -251,6 +257,15 @@ def _check_fused(prog, k):
                 [q for _, q, _ in k.colsums])
         if sum(q.buf == r.buf and q.t == r.t and _overlap(prog, q, r) for q in used) > 1:
             raise ValueError(f"Fused {k.name}: colsum target {r.buf} is also used elsewhere in "
+                             f"the kernel")
+    for _, r, op in k.rowreds:
+        if op not in ("sum", "max"):
+            raise ValueError(f"Fused {k.name}: unknown row reduction {op!r}")
+        if _dims(prog, r) != (dom[0], dom[1], 1):
+            raise ValueError(f"Fused {k.name}: rowred target {r} is not a ({dom[0]}, 1) column")
+        used = kernel_refs(k)[0] + kernel_refs(k)[1]
+        if sum(q.buf == r.buf and q.t == r.t and _overlap(prog, q, r) for q in used) > 1:
+            raise ValueError(f"Fused {k.name}: rowred target {r.buf} is also used elsewhere in "
                              f"the kernel")
     for _, o in k.outputs:
         for r, _ in k.inputs:

@@ -217,7 +217,33 @@ def assign(J, batch, n_fwd_outputs, train=True):
     for nid, s in placed.items():
         stage[nid] = s
     _check_tail(J, stage)
+    _check_batch_sums(J, stage, dep, batch, n_fwd_outputs)
     return stage, dep
+
+
+def batch_mixing(op):
+    """Why a per-step reduction over the batch rows is refused."""
+    return (f"a per-step {op} over the batch axis (mixing the rows of a batch within a step) has "
+            f"no native lowering: compiled programs keep batch rows independent, and sum over "
+            f"the batch only in parameter gradients; the tape runs it")
+
+
+def _check_batch_sums(J, stage, dep, batch, n_fwd_outputs):
+    """A batch reduction is lowered as a parameter-gradient sum over time (a contraction), so
+    one whose value a step reads (batch statistics in the forward step, their cotangents in the
+    reverse one) or that is a step output would be summed over the steps: refuse it."""
+    outs, roles = J.graph["outputs"], J.graph["roles"]
+    grads = {o for o, w in zip(outs[n_fwd_outputs:], J.graph.get("wrt", []))
+             if roles.get(w) == "param"}
+    for nid in stage:
+        if not is_contraction(J, nid, dep, batch):
+            continue
+        per_step = [u for u in J.successors(nid) if stage.get(u) not in (None, "inv", "tail")]
+        if per_step or (nid in outs and nid not in grads):
+            n = ir.node(J, nid)
+            why = ("reshaping a per-step (1, N) value to (N,) has no native lowering at batch 1"
+                   if n.op == "reshape" else batch_mixing(n.op))
+            raise CompileError(f"{n.op}: {why}", n.op, n.src)
 
 
 def _linear_in_summed(op, args, summed):

@@ -74,7 +74,20 @@ OPS = [   # name, fn(a, b, k, c, p)
     ("concat_act", lambda a, b, k, c, p: _concat_act(a, b * c, p)),
     # a (1, H) parameter broadcast over the batch: at B = 1 its gradient has no batch sum
     ("gain", lambda a, b, k, c, p: a * p["g"] + c),
+    # per-step reductions over the features and (batch, 1) values broadcast across them
+    ("layer_norm", lambda a, b, k, c, p: _layer_norm(a) * p["g"] + c),
+    ("softmax", lambda a, b, k, c, p: gg.softmax(a * c, axis=1)),
+    ("row_max", lambda a, b, k, c, p: a - gg.max(b, axis=1, keepdims=True)),   # mask VJP
+    ("row_gate", lambda a, b, k, c, p: a * gg.sigmoid(b[:, k % b.shape[1]:][:, :1] + c)),
+    # (a mean of positive terms: sums that cancel, or grow with H and saturate the tanh after
+    # them, would test float32's conditioning instead of the compiler)
+    ("row_mean", lambda a, b, k, c, p: a * gg.mean(gg.sigmoid(b), axis=1)[:, None] * c),
 ]
+
+
+def _layer_norm(a, eps=0.5):
+    d = a - gg.mean(a, axis=1, keepdims=True)
+    return d * (gg.mean(d * d, axis=1, keepdims=True) + eps) ** -0.5
 
 
 def _concat_act(a, t, p):
@@ -138,7 +151,7 @@ def test_random_steps_numpy_backend_match_tape(recipe, two, reverse, T, B, H, dt
 
 
 ADD, SUB, MUL, DIV, DIV_SQ, TANH, SIG, RELU, EXP, NEG, SCALE, SHIFT, MM, MMC, SPLIT, CSL, POW, \
-    CACT, GAIN = range(len(OPS))
+    CACT, GAIN, LNORM, SMAX, RMAX, RGATE, RSUM = range(len(OPS))
 NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(h, c))
     "one state, every elementwise op": (
         [(TANH, 0, 0, 0, 1.0), (MUL, 4, 2, 0, 1.0), (DIV, 5, 1, 0, 1.0), (EXP, 6, 0, 0, 0.7),
@@ -174,6 +187,19 @@ NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(
     "a (1, H) gain at batch 1, two states": (
         [(GAIN, 2, 0, 0, 0.5), (TANH, 4, 0, 0, 1.0), (GAIN, 3, 0, 0, -1.0)],
         True, False, 4, 1, 4, np.float64, False),
+    # 37 features: two full 16-lane vectors and a masked tail in every row reduction
+    "layer norm, softmax, row max, row gates and sums": (
+        [(LNORM, 1, 0, 0, 0.3), (SMAX, 3, 0, 0, 1.5), (RMAX, 4, 2, 0, 1.0),
+         (RGATE, 5, 0, 7, 0.5), (RSUM, 6, 1, 0, 0.25), (ADD, 7, 4, 0, 1.0)],
+        False, False, 5, 3, 37, np.float64, False),
+    "row reductions, two states, reverse, float32": (
+        [(SMAX, 1, 0, 0, -1.0), (LNORM, 5, 0, 0, 1.0), (RGATE, 3, 5, 1, -0.5),
+         (RMAX, 6, 6, 0, 1.0), (RSUM, 7, 0, 0, 1.0)],
+        True, True, 4, 2, 19, np.float32, False),
+    "row reductions at batch 1": (
+        [(LNORM, 0, 0, 0, 0.0), (SMAX, 4, 0, 0, 2.0), (RGATE, 2, 4, 3, 0.0), (RMAX, 5, 1, 0, 1.0),
+         (RSUM, 6, 7, 0, -1.0)],
+        False, False, 4, 1, 6, np.float64, False),
 }
 
 
@@ -242,15 +268,19 @@ def test_four_gate_reverse_loop_copies():
 
 
 # ---------------------------------------------------------------- CompileError
-def step_row_sum(p, x, h):
+def step_batch_mean(p, x, h):
     h = gg.tanh(x @ p["W"] + h)
-    s = gg.sum(h, axis=1, keepdims=True)  # <- sum
-    return h * s, h
+    return h - gg.mean(h, axis=0, keepdims=True), h  # <- mean
 
 
-def step_row_max(p, x, h):
+def step_batch_max(p, x, h):
     h = gg.tanh(x @ p["W"] + h)
-    return h * gg.max(h, axis=1, keepdims=True), h  # <- max
+    return h * gg.max(h, axis=0, keepdims=True), h  # <- max
+
+
+def step_batch_norm_in_the_state(p, x, h):
+    h = gg.tanh(x @ p["W"] + h - gg.mean(h, axis=0, keepdims=True))  # <- mean
+    return h, h
 
 
 def step_flatten_state(p, x, h):
@@ -270,7 +300,8 @@ def step_state_product(p, x, h):
 
 
 ERRORS = {   # step -> op the message must name
-    step_row_sum: "sum", step_row_max: "max", step_flatten_state: "reshape",
+    step_batch_mean: "sum", step_batch_max: "max", step_batch_norm_in_the_state: "sum",
+    step_flatten_state: "reshape",
     step_transpose_reshape: "reshape", step_state_product: "transpose",
 }
 
@@ -525,40 +556,3 @@ def test_numpy_ufunc_without_graphgrad_twin_is_named_plainly():
     msg = str(e.value)
     assert "np.maximum" in msg and "same name" not in msg and "use graphgrad ops" in msg, msg
     assert f"test_compile_custom.py:{_marked_line(step_np_maximum)}" in msg, msg
-
-
-def step_layer_norm(p, x, h):
-    z = x @ p["W"] + h
-    h = gg.tanh(z - gg.mean(z, axis=1, keepdims=True))  # <- mean
-    return h, h
-
-
-def step_softmax(p, x, h):
-    h = gg.softmax(x @ p["W"] + h, axis=1)  # <- softmax
-    return h, h
-
-
-def step_row_gate(p, x, h):
-    h = gg.tanh(x @ p["W"] + gg.sigmoid(x[:, :1]) * h)  # <- gate
-    return h, h
-
-
-@pytest.mark.parametrize("fn,words", [
-    (step_layer_norm, ["sum", "per-step sum over the features", "layer norm"]),
-    (step_softmax, ["max", "per-step max over the features", "softmax"]),
-    (step_row_gate, ["(a (batch, 1) value broadcast across the features"]),
-], ids=["layer_norm", "softmax", "row_gate"])
-def test_row_reductions_are_refused_saying_what_and_where(fn, words):
-    """Per-step reductions over the features and (batch, 1) gates are not lowered; the error
-    said "no native lowering for a per-step sum here", a sum the user may never have written
-    (row gate: the gradient of its broadcast). It now says what is missing; the tape runs them."""
-    model = gg.Recurrent(fn, {"W": np.ones((I, 4)) * 0.1})
-    xs = np.ones((3, 2, I))
-    model(xs, np.zeros((2, 4)))                                      # the tape runs it
-    with pytest.raises(CompileError) as e:
-        compiler.compile(model, seq_len=3, batch=2, input_size=I, state=np.zeros((2, 4)),
-                         backend="numpy")
-    msg = str(e.value)
-    for w in words:
-        assert w in msg, msg
-    assert f"test_compile_custom.py:{_marked_line(fn)}" in msg, msg    # the user's line

@@ -180,7 +180,7 @@ def test_compile_command_reports_a_step_compile_error_on_one_line(tmp_path, caps
         import numpy as np, graphgrad as gg
 
         def helper(h):
-            return gg.sum(h, axis=1, keepdims=True)
+            return gg.sum(h, axis=0, keepdims=True)    # mixes the batch rows: refused
 
         def step(p, x, h):
             h = gg.tanh(x @ p["W"] + h)

@@ -69,6 +69,13 @@ def _tiny(kernels_fwd=(), pre=(), post=()):
     (Fused("f", ((Ref("A", 0, 0, 2), "full"),), (), (("in0", Ref("A", 0, 1, 2)),)), "overlaps"),
     (Fused("f", ((Ref("A", 0), "full"), (Ref("v"), "row")), (), (),
            colsums=(("in0", Ref("v"), True),)), "also used"),
+    (Fused("f", ((Ref("A", 0), "full"), (Ref("v"), "col")), (), ()), "col"),
+    (Fused("f", ((Ref("A", 0), "full"),), (), (), rowreds=(("in0", Ref("v"), "sum"),)),
+     "rowred target"),
+    (Fused("f", ((Ref("A", 0), "full"),), (), (), rowreds=(("in0", Ref("A", 1, 0, 1), "mean"),)),
+     "unknown row reduction"),
+    (Fused("f", ((Ref("A", 0), "full"), (Ref("A", 1, 0, 1), "col")), (), (),
+           rowreds=(("in0", Ref("A", 1, 0, 1), "max"),)), "also used"),
 ])
 def test_validate_names_the_problem(bad, msg):
     with pytest.raises(ValueError, match=msg):

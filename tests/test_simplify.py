@@ -51,6 +51,13 @@ def assert_same(G, H, seed=0):
     (lambda x, h: gg.concat([x, h], axis=1)[:, 3:6], []),
     (lambda x, h: gg.concat([x, h], axis=1)[:, 2:4], ["concat", "getitem"]),
     (lambda x, h: gg.sum(x.reshape(2, 1, 3), 1).reshape(2, 3), []),
+    (lambda x, h: gg.max(x.reshape(2, 1, 3), 1).reshape(2, 3), []),
+    # reductions over the features without keepdims meet x[:, None] and become the (rows, 1)
+    # form lowering knows; math on (rows,) values between them moves to the columns
+    (lambda x, h: x * gg.sum(h, axis=1)[:, None], ["mul", "sum"]),
+    (lambda x, h: x * gg.max(h, axis=1)[:, None], ["max", "mul"]),
+    (lambda x, h: x - (gg.sum(h, axis=1) / 3.0 + 1.0)[:, None], ["add", "div", "sub", "sum"]),
+    (lambda x, h: x[:, None, :].reshape(2, 3), []),
 ])
 def test_rewrite_rules(fn, left):
     G = graph_of(fn)
@@ -58,6 +65,16 @@ def test_rewrite_rules(fn, left):
     assert_same(G, H)
     if left is not None:
         assert [o for o in ops_of(H) if o != "const"] == sorted(left), ir.dump(H)
+
+
+def test_stop_gradient_goes_only_once_differentiated():
+    """stop_gradient is the identity once the backward graph exists, and only then."""
+    from compiler.passes.simplify import DIFFERENTIATED_RULES
+    G = graph_of(lambda x, h: x * gg.stop_gradient(h))
+    assert "stop_gradient" in ops_of(simplify(G))
+    H = simplify(G, rules=DIFFERENTIATED_RULES)
+    assert_same(G, H)
+    assert "stop_gradient" not in ops_of(H)
 
 
 def test_rewrite_keeps_inexact_identities():

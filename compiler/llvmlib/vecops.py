@@ -71,6 +71,23 @@ class VecOps:
         f = self.decl(f"llvm.vector.reduce.fadd.{self.tag}", self.fty, [self.fty, self.vty])
         return b.call(f, [ir.Constant(self.fty, -0.0), v], fastmath=("reassoc",))
 
+    @staticmethod
+    def vmax(b, a, x):
+        """max(a, x) lane by lane, a NaN in either winning as in np.max (llvm.maxnum would drop
+        it; the vector form of llvm.maximum is not relied on here)."""
+        return b.select(b.or_(b.fcmp_ordered(">", x, a), b.fcmp_unordered("uno", x, x)), x, a)
+
+    def hmax(self, b, v):
+        """The NaN-propagating max of v's lanes: halves folded onto each other."""
+        n = self.w
+        while n > 1:
+            n //= 2
+            lo, hi = (b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n),
+                                                         list(range(s, s + n))))
+                      for s in (0, n))
+            v = self.vmax(b, lo, hi)
+        return b.extract_element(v, ir.Constant(I32, 0))
+
 
 def smin(b: ir.IRBuilder, x, y):
     """min(x, y) of two i64 values (signed)."""

@@ -163,6 +163,51 @@ def _batch_sum_first(x, out):
     return gops.reshape(gops.sum(gops.sum(x, axis=0), axis=0), n.shape)   # keepdims: (1, 1)
 
 
+def _keepdims_reduction(x, out):
+    """A sum or max over the features of a (rows, features) value without keepdims = the
+    keepdims form, reshaped: lowering then sees one (rows, 1) form, and the reshape back
+    that usually follows (`s[:, None]`) cancels."""
+    n = nd(out)
+    if len(nd(x).shape) != 2 or n.attr["axis"] != (1,) or n.attr["keepdims"]:
+        return None
+    reduce = gops.sum if n.op == "sum" else gops.max
+    return gops.reshape(reduce(x, axis=1, keepdims=True), n.shape)
+
+
+def _only_new_axes(x, out):
+    """x[:, None] (and its VJP, pad_into with that index) moves no data: a reshape, which
+    folds into the reshapes around it."""
+    index = ir.thaw_attrs(nd(out))["index"]
+    if all(i is None or i == slice(None) for i in index) and \
+            int(np.prod(nd(x).shape)) == int(np.prod(nd(out).shape)):
+        return gops.reshape(x, nd(out).shape)
+    return None
+
+
+def _per_row_elementwise(out):
+    """Elementwise math on (rows,) values that are reshaped (rows, 1) columns (a mean over the
+    features without keepdims, then x[:, None]) runs on the columns, reshaped after: the
+    reshapes then meet and cancel, and lowering sees (rows, 1) values only."""
+    n, G = nd(out), out._trace.G
+    if len(n.shape) != 1:
+        return None
+    args, cols = ir.args_of(G, out.nid), None
+    for a in args:
+        an = ir.node(G, a)
+        if an.op == "reshape" and len(an.shape) == 1 and an.shape == n.shape:
+            src = ir.node(G, ir.args_of(G, a)[0]).shape
+            if len(src) != 2 or src[1] != 1 or cols not in (None, src):
+                return None
+            cols = src
+        elif int(np.prod(an.shape)) != 1 or len(an.shape) > 1:
+            return None
+    if cols is None:
+        return None
+    new = [out._trace.tracer(ir.args_of(G, a)[0]) if ir.node(G, a).op == "reshape"
+           else out._trace.tracer(a) for a in args]
+    return gops.reshape(gops.bind(n.op, *new, **ir.thaw_attrs(n)), n.shape)
+
+
 RULES = [
     (Pat("add", (X, const(0.0)), "out"), lambda x, out: _same(x, out)),
     (Pat("sub", (X, const(0.0)), "out"), lambda x, out: _same(x, out)),
@@ -184,7 +229,7 @@ RULES = [
     (Pat("astype", (Pat("astype", (X,), "mid"),), "out"),
      lambda x, mid, out: x if nd(x).dtype == nd(out).dtype and
      np.dtype(nd(mid).dtype).itemsize >= np.dtype(nd(x).dtype).itemsize else None),
-    (Pat("sum", (X,), "out"),   # summing only size-1 axes moves no data
+    (Pat(("sum", "max"), (X,), "out"),   # reducing only size-1 axes moves no data
      lambda x, out: gops.reshape(x, nd(out).shape)
      if all(nd(x).shape[a] == 1 for a in nd(out).attr["axis"]) else None),
     (Pat("getitem", (X,), "out"),
@@ -192,7 +237,14 @@ RULES = [
      _full_slices(ir.thaw_attrs(nd(out))["index"]) else None),
     (Pat("getitem", (Pat("concat", name="x"),), "out"), _getitem_of_concat),
     (Pat("sum", (X,), "out"), _batch_sum_first),
+    (Pat(("sum", "max"), (X,), "out"), _keepdims_reduction),
+    (Pat(("getitem", "pad_into"), (X,), "out"), _only_new_axes),
+    (Pat(pred=lambda n: n.op in PRIMITIVES and PRIMITIVES[n.op].kind == "elementwise",
+         name="out"), _per_row_elementwise),
 ]
+
+# Once the graph is differentiated, stop_gradient has done its work: it is the identity.
+DIFFERENTIATED_RULES = RULES + [(Pat("stop_gradient", (X,)), lambda x: x)]
 
 def rewrite(G, rules=None, max_sweeps=50):
     """Apply the first matching rule at every live node, sweep after sweep, to a fixed point.
@@ -231,12 +283,12 @@ def rewrite(G, rules=None, max_sweeps=50):
     return H
 
 
-def simplify(G, max_rounds=10):
+def simplify(G, max_rounds=10, rules=None):
     """rewrite -> fold_constants -> cse -> dce until the graph stops changing."""
     H = G
     for _ in range(max_rounds):
         before = ir.dump(H)
-        H = dce(cse(fold_constants(rewrite(H))))
+        H = dce(cse(fold_constants(rewrite(H, rules))))
         if ir.dump(H) == before:
             break
     return H
