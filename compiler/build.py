@@ -469,6 +469,8 @@ class _Builder:
             an = self.node(a)
             if tuple(an.shape) == tuple(shape):
                 bc = "full"
+            elif tuple(an.shape) == (shape[0], 1) and self.dep[a]:
+                bc = "col"     # also with one row: over all T steps it is a column
             elif int(np.prod(an.shape, dtype=np.int64)) == 1:
                 bc = "scalar"
             elif len(an.shape) <= 2 and an.shape[-1] == shape[-1] and \

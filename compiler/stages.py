@@ -141,9 +141,15 @@ def row_mappable(J, nid, dep, batch) -> bool:
         return True
     if n.op == "concat":
         return ir.thaw_attrs(n)["axis"] == 1 and all(dep[a] for a in args)
+    if n.op in ("sum", "max", "broadcast_to"):
+        # a reduction over the features, or a (B, 1) column broadcast across them
+        src = ir.node(J, args[0]).shape
+        return bool(dep[args[0]]) and len(src) == 2 and src[0] == batch and (
+            n.op == "broadcast_to" and src[1] == 1 or
+            n.op != "broadcast_to" and ir.thaw_attrs(n)["axis"] == (1,) and n.shape[1] == 1)
     if PRIMITIVES[n.op].kind == "elementwise":
-        # per-step operands must be full (B, N); invariant ones rows or scalars
-        return all((dep[a] and ir.node(J, a).shape == n.shape) or
+        # per-step operands must be full (B, N) or (B, 1) columns; invariant ones rows or scalars
+        return all((dep[a] and ir.node(J, a).shape in (n.shape, (batch, 1))) or
                    (not dep[a] and len(ir.node(J, a).shape) < 2) for a in args)
     return False
 
@@ -172,7 +178,7 @@ def assign(J, batch, n_fwd_outputs, train=True):
                          J.graph["roles"].get(a) == "x" for a in args)
             if n.op == "matmul" or is_col_view(n):
                 hoist = src_ok
-            elif n.op == "add":
+            else:    # the bias add on the projection, layer norm of it, ...
                 hoist = src_ok and any(stage.get(a) == "pre" for a in args)
         stage[nid] = "pre" if hoist else "fwd"
     if not train:

@@ -94,6 +94,16 @@ def step_layer_norm(p, x, h):
     return h, h
 
 
+def step_normalized_input(p, x, h):
+    """Layer norm of the input projection alone: hoisted with it before the loop, and its
+    gradient after the loop, over all T*B rows."""
+    z = x @ p["W"]
+    d = z - gg.max(z, axis=1, keepdims=True)
+    z = d / (gg.mean(d * d, axis=1, keepdims=True) + 0.1) ** 0.5
+    h = gg.tanh(z * p["g"] + h @ p["U"])
+    return h, h
+
+
 def step_softmax_state(p, x, h):
     h = gg.softmax(x @ p["W"] + h @ p["U"], axis=1)
     return gg.log(h + 0.1), h
@@ -110,7 +120,7 @@ def step_row_gate(p, x, h):
     return h, h
 
 
-STEPS = [step_layer_norm, step_softmax_state, step_row_max, step_row_gate]
+STEPS = [step_layer_norm, step_normalized_input, step_softmax_state, step_row_max, step_row_gate]
 H = 21     # a full 16-lane vector and a masked tail in every float32 row reduction
 
 
@@ -140,7 +150,7 @@ def test_two_threads_split_rows_of_reductions(split, monkeypatch):
     each thread owns whole rows, so each row's sum is one thread's."""
     monkeypatch.setattr(runtime.program, "SPLIT_MIN_FLOPS", 0)
     B = 5
-    for step in (step_layer_norm, step_row_gate):
+    for step in (step_layer_norm, step_normalized_input, step_row_gate):
         model = _model(step, np.float64)
         rng = np.random.default_rng(2)
         s0 = rng.normal(size=(B, H)) * 0.5
@@ -274,3 +284,14 @@ def test_fusion_report_names_row_reductions():
     fwd = prog.programs("train")[0].program.fwd_loop
     # the mean is the epilogue of the kernel that computes z: no kernel of its own
     assert any(k.rowreds and k.body and k.outputs for k in fwd if isinstance(k, Fused))
+
+
+def test_layer_norm_of_the_input_projection_runs_outside_the_loops():
+    model = _model(step_normalized_input, np.float64)
+    prog = compiler.compile(model, seq_len=3, batch=2, input_size=I, state=np.zeros((2, H)),
+                            backend="numpy")
+    p = prog.programs("train")[0].program
+    for stage, want in (("pre", {"max", "sum"}), ("post", {"sum"})):
+        ops = {op for k in getattr(p, stage) if isinstance(k, Fused) for _, _, op in k.rowreds}
+        assert ops == want, (stage, ops)
+    assert not any(k.rowreds for k in p.fwd_loop + p.bwd_loop if isinstance(k, Fused))
