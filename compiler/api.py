@@ -19,11 +19,13 @@ from .passes.simplify import DIFFERENTIATED_RULES, simplify
 from .autodiff import vjp_graph
 from .passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from .passes.loops import merge_matmuls
+from .passes.remat import recompute_cheap
 from .program import ReferenceProgram
 from .stages import assign, one_row_sums
 
 PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
-            "sink_slices", "group_invariant_adds", "one_row_sums", "stages", "schedule")
+            "sink_slices", "group_invariant_adds", "one_row_sums", "recompute_cheap", "stages",
+            "schedule")
 
 
 def joint_graph(ld, batch, dumps=None, tag="", adjoints=False, graphs=None):
@@ -47,7 +49,8 @@ def joint_graph(ld, batch, dumps=None, tag="", adjoints=False, graphs=None):
     J = keep("pads_to_concat", pads_to_concat(J))
     J = keep("sink_slices", simplify(sink_slices(J)))
     J = keep("group_invariant_adds", simplify(group_invariant_adds(J)))
-    return keep("one_row_sums", one_row_sums(J, batch, len(F.graph["outputs"])))
+    J = keep("one_row_sums", one_row_sums(J, batch, len(F.graph["outputs"])))
+    return keep("recompute_cheap", recompute_cheap(J, len(F.graph["outputs"])))
 
 
 def _param_mismatch(name, v, aval):

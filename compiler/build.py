@@ -196,8 +196,8 @@ class _Builder:
             su = self.stage.get(u)
             if su is None or su == "inv":
                 continue
-            if is_col_view(self.node(u)) and self.crosses(u):
-                return True
+            if (is_col_view(self.node(u)) or self.read_transposed(u)) and self.crosses(u):
+                return True     # views are storage: their readers read ours
             if STAGE_LIST.get(su, su) != st:
                 return True
         return False

@@ -6,8 +6,8 @@ from .common import add_model_arguments, builtin_model_arguments, positive_int
 HELP = "compile a built-in or custom model and dump its IR, schedule, LLVM IR or assembly"
 # the compiler's named passes, then the views of the result ("ir": the graph after them all)
 DUMPS = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
-         "sink_slices", "group_invariant_adds", "one_row_sums", "stages", "schedule", "report",
-         "llvm", "asm", "ir")
+         "sink_slices", "group_invariant_adds", "one_row_sums", "recompute_cheap", "stages",
+         "schedule", "report", "llvm", "asm", "ir")
 
 
 def add_arguments(p):
