@@ -13,7 +13,7 @@ the same iteration space that comes after everything it reads. Values then get h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from graphgrad.core import PRIMITIVES
 
 from . import ir
 from .errors import CompileError
-from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref, kernel_refs
+from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref, is_batched, kernel_refs
 from .stages import batch_mixing, is_col_view, is_contraction
 
 LOOP = {"fwd": "fwd_loop", "bwd": "bwd_loop"}
@@ -99,9 +99,11 @@ class _Builder:
             n = self.node(nid)
             args = self.args(nid)
             # kernels of other stages run in other lists: only same-stage producers order us
-            # a row reduction's value is complete only after its kernel: readers come later
-            ready = max([produced[a] + self.is_rowred(a) for a in args
-                         if a in produced and produced[a] >= 0 and
+            # a row reduction's value is complete only after its kernel, and so is a (rows, 1)
+            # column of a value computed in a fused kernel (read splatted across each row, it
+            # would be read before later columns are written): readers come later
+            ready = max([produced[a] + (self.is_rowred(a) or self.is_col_of_kernel(a, produced))
+                         for a in args if a in produced and produced[a] >= 0 and
                          self.groups[produced[a]][0] == STAGE_LIST[st]], default=-1)
             if is_col_view(n):
                 produced[nid] = produced.get(args[0], -1)
@@ -151,6 +153,12 @@ class _Builder:
             self.groups[gi][2].append(nid)
             self.group_of[nid] = gi
             produced[nid] = gi
+
+    def is_col_of_kernel(self, nid, produced):
+        """A one-column window of a value a fused kernel computes (z[:, -1:] of z's kernel)."""
+        n = self.node(nid)
+        return (is_col_view(n) and len(n.shape) == 2 and n.shape[1] == 1 and
+                self.groups[produced[nid]][1] == "fused")
 
     def read_transposed(self, nid):
         """A transpose only batch contractions read: their Gemm reads the source with trans_a,
@@ -583,6 +591,30 @@ def memory_per_step(prog, itemsize):
     return out
 
 
+def _batch_major_invariants(prog, inv, batch):
+    """Invariant buffers (numpy-filled, kind "param": never split between batch threads) that
+    kernels read one row per batch row (a (B, H) or (B, 1) constant the step closes over, the
+    zeros of a gate window the step never reads in a packed gradient) are batch-major: kind
+    "input", so the batch split gives each half its own rows (it crashed: "input ... has shape
+    (4, False, 4), expected (2, False, 4)"). A buffer also read as a matrix or a broadcast row
+    keeps its kind."""
+    per_row, shared = set(), set()
+    for _, k in prog.kernels():
+        if isinstance(k, Fused):
+            for r, bc in k.inputs:
+                (per_row if bc in ("full", "col") else shared).add(r.buf)
+        elif isinstance(k, Copy):
+            (per_row if is_batched(prog, k.out.buf) else shared).add(k.src.buf)
+        elif isinstance(k, Gemm):
+            per_row.add(k.a.buf)
+            shared.add(k.b.buf)
+    for name in inv:
+        buf = prog.buffers[name]
+        if name in per_row and name not in shared and len(buf.shape) == 2 and \
+                buf.shape[0] == batch:
+            prog.buffers[name] = replace(buf, kind="input")
+
+
 def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
     b = _Builder(J, stage, dep, batch, n_fwd, train)
     b.dt = ir.node(J, J.graph["outputs"][0]).dtype
@@ -592,6 +624,7 @@ def build(J, stage, dep, batch, n_fwd, train=True) -> Built:
     b.emit()
     prog = Program(b.bufs, b.kernels["pre"], b.kernels["fwd_loop"], b.kernels["bwd_loop"],
                    b.kernels["post"], {"batch": batch})
+    _batch_major_invariants(prog, b.inv, batch)
     report = {**memory_per_step(prog, np.dtype(b.dt).itemsize),
               "buffers": len(b.bufs),
               "fused_kernels": sum(isinstance(k, Fused) and bool(k.body or k.rowreds)

@@ -224,7 +224,32 @@ def assign(J, batch, n_fwd_outputs, train=True):
         stage[nid] = s
     _check_tail(J, stage)
     _check_batch_sums(J, stage, dep, batch, n_fwd_outputs)
+    _check_param_grads(J, stage, dep, batch, n_fwd_outputs)
     return stage, dep
+
+
+def _check_param_grads(J, stage, dep, batch, n_fwd_outputs):
+    """Each parameter gradient must be a sum over the batch rows (a contraction, summed over
+    the steps as it accumulates) or parameter-sized work after one. A parameter with a row per
+    batch row (a (B, 1) per-row gate, a (B, H) gain) is not broadcast over the batch: its
+    gradient is a per-step (B, ...) value with nothing to sum it over the steps (the vjp failed
+    with KeyError: 'input ... (ct:y) was not given'). Refuse it, naming the parameter."""
+    outs, roles, names = J.graph["outputs"], J.graph["roles"], J.graph["names"]
+    for o, w in zip(outs[n_fwd_outputs:], J.graph.get("wrt", [])):
+        if roles.get(w) != "param" or not dep[o] or stage.get(o) in ("tail", "contract") or \
+                is_contraction(J, o, dep, batch):
+            continue
+        shape = list(ir.node(J, w).shape)
+        users = sorted((u for u in J.successors(w) if ir.node(J, u).src), key=str)
+        n = ir.node(J, users[0]) if users else ir.node(J, w)
+        rows = (f" has a row per batch row ({batch})" if len(shape) == 2 and shape[0] == batch
+                else " is not broadcast over the batch rows")
+        raise CompileError(
+            f"{n.op}: parameter {names.get(w)!r} of shape {shape}{rows}: its gradient is a "
+            f"per-step value, not a sum over the batch, and has no native lowering (parameters "
+            f"are shared by the rows of a batch; give it one row, e.g. shape [1, "
+            f"{shape[-1] if shape else 1}], to broadcast over them); the tape runs it",
+            n.op, n.src)
 
 
 def batch_mixing(op):
@@ -247,8 +272,9 @@ def _check_batch_sums(J, stage, dep, batch, n_fwd_outputs):
         per_step = [u for u in J.successors(nid) if stage.get(u) not in (None, "inv", "tail")]
         if per_step or (nid in outs and nid not in grads):
             n = ir.node(J, nid)
-            why = ("reshaping a per-step (1, N) value to (N,) has no native lowering at batch 1"
-                   if n.op == "reshape" else batch_mixing(n.op))
+            why = ("reshaping a per-step (1, N) value to (N,) has no native lowering at batch 1 "
+                   "(a sum, mean or max over the batch axis without keepdims is one; with "
+                   "keepdims=True it compiles)" if n.op == "reshape" else batch_mixing(n.op))
             raise CompileError(f"{n.op}: {why}", n.op, n.src)
 
 

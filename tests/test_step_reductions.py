@@ -312,3 +312,112 @@ def test_layer_norm_output_is_recomputed_in_the_reverse_loop_not_saved(monkeypat
     assert saved() == 2 * H * 8 + 2 * 2 * 8
     monkeypatch.setattr(api, "recompute_cheap", lambda J, n: J)
     assert saved() == 2 * (2 * H * 8) + 2 * 2 * 8
+
+
+# ---------------------------------------------------------------- found by a differential hunt
+def step_own_column_gate(p, x, h):
+    z = x @ p["W"] + h @ p["U"]
+    return z, gg.tanh(z * z[:, -1:])        # a (B, 1) window of z gates z itself
+
+
+def step_own_first_column_gate(p, x, h):
+    z = gg.tanh(x @ p["W"] + h @ p["U"])
+    return z * z[:, :1], z - 0.5 * z[:, :1]
+
+
+@pytest.mark.parametrize("step", [step_own_column_gate, step_own_first_column_gate],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("backend,B,Hs,dt", [("numpy", 3, 4, np.float64),
+                                             ("native", 3, 17, np.float64),
+                                             ("native", 1, 4, np.float64),
+                                             ("native", 2, 19, np.float32)])
+def test_column_window_of_a_value_its_own_kernel_computes(step, backend, B, Hs, dt):
+    """z * z[:, -1:]: the (B, 1) window was read as a column operand by the kernel that computes
+    z, which writes z over the same buffer: schedule validation raised ValueError ("output ...
+    partially overlaps input ..."; before the commit: a CompileError). Its readers now start
+    after z's kernel, as a row reduction's do."""
+    rng = np.random.default_rng(8)
+    model = gg.Recurrent(step, {"W": (rng.normal(size=(I, Hs)) * 0.5).astype(dt),
+                                "U": (rng.normal(size=(Hs, Hs)) / np.sqrt(Hs)).astype(dt)})
+    s0 = (rng.normal(size=(B, Hs)) * 0.5).astype(dt)
+    prog = compiler.compile(model, seq_len=5, batch=B, input_size=I, state=s0, backend=backend)
+    worst = check(compare(prog, model, rng.normal(size=(5, B, I)).astype(dt), s0), dt,
+                  step.__name__)
+    TABLE.add(f"{step.__name__} ({backend}, {DT_NAME[np.dtype(dt)]}, B={B})", "tape", worst)
+
+
+def step_per_row_gate_parameter(p, x, h):
+    h = gg.tanh(x @ p["W"] + h @ p["U"]) * p["c"]  # <- c
+    return h, h
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (4, 5)])
+def test_parameter_with_a_row_per_batch_row_is_refused(shape):
+    """A (B, 1) parameter gating each batch row (or a (B, H) one) is not broadcast over the
+    batch: its gradient is a per-step value with nothing summing it over the steps. It compiled,
+    and prog.vjp raised KeyError: 'input %10 (ct:y) was not given' (a (B, 1) one was a
+    CompileError before the commit). Refused by name now."""
+    rng = np.random.default_rng(9)
+    model = gg.Recurrent(step_per_row_gate_parameter,
+                         {"W": rng.normal(size=(I, 5)), "U": rng.normal(size=(5, 5)) * 0.3,
+                          "c": rng.normal(size=shape)})
+    with pytest.raises(CompileError, match=r"parameter 'c' of shape \[4, %d\] has a row per "
+                                           r"batch row" % shape[1]) as e:
+        compiler.compile(model, seq_len=3, batch=4, input_size=I, state=np.zeros((4, 5)))
+    assert e.value.op == "mul" and "step_per_row_gate_parameter" in str(e.value)
+
+
+COL_MASK = np.random.default_rng(10).random(size=(5, 1))
+ROW_MASK = (np.random.default_rng(11).random(size=(5, 6)) > 0.3).astype(np.float64)
+
+
+def step_constant_column_mask(p, x, h):
+    h = gg.tanh(x @ p["W"] + h @ p["U"]) * COL_MASK        # a (B, 1) constant per row
+    return h, h
+
+
+def step_constant_row_mask(p, x, h):
+    h = gg.tanh(x @ p["W"] + h @ p["U"]) * ROW_MASK        # a (B, H) constant
+    return h, h
+
+
+def step_unused_gate_window(p, x, h):
+    z = x @ p["W4"]         # its gradient has zeros in the window the step never reads
+    m = gg.max(z[:, 6:12], axis=1, keepdims=True)
+    h = gg.tanh(z[:, :6] - m + h @ p["U"])
+    return h, h
+
+
+@pytest.mark.parametrize("step", [step_constant_column_mask, step_constant_row_mask,
+                                  step_unused_gate_window], ids=lambda f: f.__name__)
+def test_batch_split_gives_each_half_its_rows_of_invariants(step, monkeypatch):
+    """Values computed once before the run (kind "param", never split between batch threads)
+    that a kernel reads row by row: a (B, 1) or (B, H) constant the step closes over, the zero
+    block of a gate window the gradient never fills. split="batch" raised ValueError ("input
+    inv8 (col) has shape (5, False, 1), expected (2, False, 1)"); they are batch-major now."""
+    monkeypatch.setattr(runtime.program, "SPLIT_MIN_FLOPS", 0)
+    rng = np.random.default_rng(12)
+    B = 5
+    model = gg.Recurrent(step, {"W": rng.normal(size=(I, 6)) * 0.5,
+                                "W4": rng.normal(size=(I, 24)) * 0.5,
+                                "U": rng.normal(size=(6, 6)) * 0.3})
+    s0 = rng.normal(size=(B, 6)) * 0.5
+    prog = compiler.compile(model, seq_len=4, batch=B, input_size=I, state=s0, threads=2,
+                            split="batch")
+    assert prog.compiled[0][0].natives["train"].split_mode == "batch"
+    worst = check(compare(prog, model, rng.normal(size=(4, B, I)), s0), np.float64,
+                  step.__name__)
+    TABLE.add(f"{step.__name__} threads=2 split=batch (f64, B={B})", "tape", worst)
+
+
+def step_batch_mean_without_keepdims(p, x, h):
+    h = gg.tanh(x @ p["W"] + h - gg.mean(h, axis=0))  # <- mean
+    return h, h
+
+
+def test_batch_mean_without_keepdims_at_batch_one_names_the_way_out():
+    """At B = 1 a batch mean without keepdims is a (1, N) -> (N,) reshape the user never wrote
+    (it compiled before the commit); the refusal now says that keepdims=True compiles."""
+    model = gg.Recurrent(step_batch_mean_without_keepdims, {"W": np.ones((I, 4))})
+    with pytest.raises(CompileError, match="keepdims=True it compiles"):
+        compiler.compile(model, seq_len=3, batch=1, input_size=I, state=np.zeros((1, 4)))
