@@ -2,7 +2,10 @@
 
 Per stage, in topological order, matmuls become Gemms, column slices become Ref windows, and
 elementwise nodes gather into Fused kernels: a node joins the latest kernel of its stage with
-the same iteration space that comes after everything it reads. Values then get homes:
+the same iteration space that comes after everything it reads. A sum or max over the features
+joins its operand's kernel as a row-reduction epilogue; what reads its (rows, 1) result (or a
+one-column window of a value a kernel computes) comes after that kernel, reading it as a "col"
+operand. Values then get homes:
   * step inputs: x -> "x" (T slots), state leaf j -> "S<j>" (T+1 slots: read slot t, the new
     state is written to slot t+1), ct:y -> "d_out", ct:new_state[j] -> "DS<j>" slot t+1 and its
     cotangent -> DS<j> slot t (so the reverse loop needs no copies);

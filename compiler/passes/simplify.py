@@ -246,6 +246,7 @@ RULES = [
 # Once the graph is differentiated, stop_gradient has done its work: it is the identity.
 DIFFERENTIATED_RULES = RULES + [(Pat("stop_gradient", (X,)), lambda x: x)]
 
+
 def rewrite(G, rules=None, max_sweeps=50):
     """Apply the first matching rule at every live node, sweep after sweep, to a fixed point.
 
