@@ -25,7 +25,7 @@ from graphgrad.core import PRIMITIVES
 from . import ir
 from .errors import CompileError
 from .schedule import Buffer, Copy, Fill, Fused, Gemm, Program, Ref, is_batched, kernel_refs
-from .stages import batch_mixing, is_col_view, is_contraction
+from .stages import batch_mixing, is_col_view, is_contraction, is_row_reduction
 
 LOOP = {"fwd": "fwd_loop", "bwd": "bwd_loop"}
 STAGE_LIST = {"pre": "pre", "fwd": "fwd_loop", "bwd": "bwd_loop", "post": "post",
@@ -177,15 +177,8 @@ class _Builder:
         return tuple(self.node(nid).shape)
 
     def is_rowred(self, nid):
-        """A per-step sum or max over the features of a (rows, features) value, keeping the
-        (rows, 1) shape (layer norm's mean, softmax's max and normalizer, and the gradient of a
-        (batch, 1) value broadcast across the features)."""
-        n = self.node(nid)
-        if n.op not in ("sum", "max") or self.stage.get(nid) in (None, "inv", "tail"):
-            return False
-        src = self.node(self.args(nid)[0])
-        return (len(src.shape) == 2 and ir.thaw_attrs(n)["axis"] == (1,) and
-                tuple(n.shape) == (src.shape[0], 1))
+        """A per-step row reduction (stages.is_row_reduction)."""
+        return self.stage.get(nid) not in (None, "inv", "tail") and is_row_reduction(self.J, nid)
 
     # ---------------------------------------------------------------- homes
     def needs_home(self, nid):
@@ -480,15 +473,13 @@ class _Builder:
             an = self.node(a)
             if tuple(an.shape) == tuple(shape):
                 bc = "full"
-            elif tuple(an.shape) == (shape[0], 1) and self.dep[a]:
-                bc = "col"     # also with one row: over all T steps it is a column
+            elif tuple(an.shape) == (shape[0], 1) and (self.dep[a] or shape[0] > 1):
+                bc = "col"     # a per-step one also with one row: over all T steps, a column
             elif int(np.prod(an.shape, dtype=np.int64)) == 1:
                 bc = "scalar"
             elif len(an.shape) <= 2 and an.shape[-1] == shape[-1] and \
                     int(np.prod(an.shape[:-1], dtype=np.int64)) == 1:
                 bc = "row"
-            elif tuple(an.shape) == (shape[0], 1):
-                bc = "col"
             else:
                 self.fail(user, f"operand of shape {list(an.shape)} broadcasts in a way the "
                                 f"fused kernels do not support")

@@ -258,12 +258,13 @@ def _check_fused(prog, k):
         if sum(q.buf == r.buf and q.t == r.t and _overlap(prog, q, r) for q in used) > 1:
             raise ValueError(f"Fused {k.name}: colsum target {r.buf} is also used elsewhere in "
                              f"the kernel")
+    reads, writes = kernel_refs(k)
     for _, r, op in k.rowreds:
         if op not in ("sum", "max"):
             raise ValueError(f"Fused {k.name}: unknown row reduction {op!r}")
         if _dims(prog, r) != (dom[0], dom[1], 1):
             raise ValueError(f"Fused {k.name}: rowred target {r} is not a ({dom[0]}, 1) column")
-        used = kernel_refs(k)[0] + kernel_refs(k)[1]
+        used = reads + writes
         if sum(q.buf == r.buf and q.t == r.t and _overlap(prog, q, r) for q in used) > 1:
             raise ValueError(f"Fused {k.name}: rowred target {r.buf} is also used elsewhere in "
                              f"the kernel")

@@ -80,6 +80,17 @@ def is_contraction(J, nid, dep, batch) -> bool:
     return False
 
 
+def is_row_reduction(J, nid) -> bool:
+    """A sum or max over the features of a (rows, features) value, keeping the (rows, 1) shape
+    (layer norm's mean, softmax's max and normalizer, the gradient of a (rows, 1) column
+    broadcast across the features)."""
+    n = ir.node(J, nid)
+    if n.op not in ("sum", "max"):
+        return False
+    src = ir.node(J, ir.args_of(J, nid)[0]).shape
+    return len(src) == 2 and ir.thaw_attrs(n)["axis"] == (1,) and tuple(n.shape) == (src[0], 1)
+
+
 def one_row_sums(J, batch, n_fwd_outputs):
     """With one batch row, a parameter broadcast over the batch has no batch sum in its
     gradient (the tape's unbroadcast of (1, H) onto (1, H) is the identity), so nothing
@@ -141,12 +152,10 @@ def row_mappable(J, nid, dep, batch) -> bool:
         return True
     if n.op == "concat":
         return ir.thaw_attrs(n)["axis"] == 1 and all(dep[a] for a in args)
-    if n.op in ("sum", "max", "broadcast_to"):
-        # a reduction over the features, or a (B, 1) column broadcast across them
-        src = ir.node(J, args[0]).shape
-        return bool(dep[args[0]]) and len(src) == 2 and src[0] == batch and (
-            n.op == "broadcast_to" and src[1] == 1 or
-            n.op != "broadcast_to" and ir.thaw_attrs(n)["axis"] == (1,) and n.shape[1] == 1)
+    if n.op in ("sum", "max"):      # over the features: each row on its own
+        return is_row_reduction(J, nid) and bool(dep[args[0]])
+    if n.op == "broadcast_to":      # a (B, 1) column across the features
+        return bool(dep[args[0]]) and ir.node(J, args[0]).shape == (batch, 1)
     if PRIMITIVES[n.op].kind == "elementwise":
         # per-step operands must be full (B, N) or (B, 1) columns; invariant ones rows or scalars
         return all((dep[a] and ir.node(J, a).shape in (n.shape, (batch, 1))) or
@@ -228,16 +237,22 @@ def assign(J, batch, n_fwd_outputs, train=True):
     return stage, dep
 
 
+def _param_grads(J, n_fwd_outputs):
+    """(gradient output, parameter input) pairs of the joint graph."""
+    roles = J.graph["roles"]
+    return [(o, w) for o, w in zip(J.graph["outputs"][n_fwd_outputs:], J.graph.get("wrt", []))
+            if roles.get(w) == "param"]
+
+
 def _check_param_grads(J, stage, dep, batch, n_fwd_outputs):
     """Each parameter gradient must be a sum over the batch rows (a contraction, summed over
     the steps as it accumulates) or parameter-sized work after one. A parameter with a row per
     batch row (a (B, 1) per-row gate, a (B, H) gain) is not broadcast over the batch: its
     gradient is a per-step (B, ...) value with nothing to sum it over the steps (the vjp failed
     with KeyError: 'input ... (ct:y) was not given'). Refuse it, naming the parameter."""
-    outs, roles, names = J.graph["outputs"], J.graph["roles"], J.graph["names"]
-    for o, w in zip(outs[n_fwd_outputs:], J.graph.get("wrt", [])):
-        if roles.get(w) != "param" or not dep[o] or stage.get(o) in ("tail", "contract") or \
-                is_contraction(J, o, dep, batch):
+    names = J.graph["names"]
+    for o, w in _param_grads(J, n_fwd_outputs):
+        if not dep[o] or stage.get(o) in ("tail", "contract") or is_contraction(J, o, dep, batch):
             continue
         shape = list(ir.node(J, w).shape)
         users = sorted((u for u in J.successors(w) if ir.node(J, u).src), key=str)
@@ -263,9 +278,8 @@ def _check_batch_sums(J, stage, dep, batch, n_fwd_outputs):
     """A batch reduction is lowered as a parameter-gradient sum over time (a contraction), so
     one whose value a step reads (batch statistics in the forward step, their cotangents in the
     reverse one) or that is a step output would be summed over the steps: refuse it."""
-    outs, roles = J.graph["outputs"], J.graph["roles"]
-    grads = {o for o, w in zip(outs[n_fwd_outputs:], J.graph.get("wrt", []))
-             if roles.get(w) == "param"}
+    outs = J.graph["outputs"]
+    grads = {o for o, _ in _param_grads(J, n_fwd_outputs)}
     for nid in stage:
         if not is_contraction(J, nid, dep, batch):
             continue

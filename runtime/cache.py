@@ -26,6 +26,11 @@ def cache_dir() -> Path:
     return Path(d) if d else Path.home() / ".cache" / "graphgrad"
 
 
+def _dir(directory: str | os.PathLike | None) -> Path:
+    """The given cache directory, or the default one."""
+    return Path(directory) if directory is not None else cache_dir()
+
+
 DEFAULT_MAX_MB = 512
 
 
@@ -44,7 +49,7 @@ def max_bytes() -> int:
 
 def entries(directory: str | os.PathLike | None = None) -> list[Path]:
     """Every cache file: objects (*.o) and schedules (graphs/*.pkl)."""
-    d = Path(directory) if directory is not None else cache_dir()
+    d = _dir(directory)
     return [*d.glob("*.o"), *d.glob("graphs/*.pkl")]
 
 
@@ -95,7 +100,7 @@ def keep_under_limit(directory: str | os.PathLike | None = None, added: int = 0)
     limit = max_bytes()
     if not limit:
         return
-    d = str(Path(directory) if directory is not None else cache_dir())
+    d = str(_dir(directory))
     _sizes[d] = _sizes[d] + added if d in _sizes else usage(d)[1]
     if _sizes[d] > limit:
         prune(limit * 3 // 4, d)
@@ -125,7 +130,7 @@ def compile_cached(ir_text, opt: int = 3, options: dict | None = None,
     the source of the generator that renders it) ir_text may be a zero-argument callable, only
     called on a miss: rendering a large module is itself a cost worth skipping.
     """
-    d = Path(directory) if directory is not None else cache_dir()
+    d = _dir(directory)
     key = cache_key(key_text if key_text is not None else str(ir_text), opt, options)
     path = d / (key + ".o")
     obj = read_sealed(path, "object")
@@ -188,5 +193,5 @@ def clear(directory: str | os.PathLike | None = None) -> int:
     for p in entries(directory):
         p.unlink(missing_ok=True)
         n += 1
-    _sizes.pop(str(Path(directory) if directory is not None else cache_dir()), None)
+    _sizes.pop(str(_dir(directory)), None)
     return n
