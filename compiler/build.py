@@ -279,7 +279,7 @@ class _Builder:
 
     def in_place(self, nid):
         """The storage of an operand nothing else reads, for an elementwise result of its shape
-        (e.g. the bias add writes over the hoisted projection): one buffer and pass fewer.
+        (e.g. a gate update written over the value it updates): one buffer and pass fewer.
         Safe in a fused kernel, which reads each element before it writes it."""
         g = self.group_of.get(nid)
         if g is None or self.groups[g][1] != "fused" or self.is_rowred(nid):

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import compiler
+import graphgrad as gg
 from compiler.lower import lower
-from compiler.schedule import Gemm
+from compiler.schedule import Copy, Fused, Gemm
 from compile_checks import (CASE, CASES, DT_NAME, LAYOUTS, MODELS, TORCH_KINDS, ErrorTable,
                             Programs, isolated_cache, check, check_case, compare, make_model, model_xs,
                             random_state, run_compiled)
@@ -288,6 +289,9 @@ def test_schedule_hoists_input_projection_and_weight_grads(kind):
     # the input projection: one product over all T*B rows before the loop
     pre = _gemms(p.pre)
     assert len(pre) == 1 and pre[0].a.buf == "x" and pre[0].a.t == "all"
+    # and nothing else over those rows: the bias add joins the gate kernel in the loop (a pre
+    # kernel of its own would be one more pass over all T*B rows of the projection)
+    assert all(not isinstance(k, Fused) for k in p.pre)
     # weight gradients (and d_xs): products over all rows after the reverse loop
     post = _gemms(p.post)
     grads = [k for k in post if k.trans_a and k.a.t == "all" and k.out.t is None]
@@ -298,6 +302,34 @@ def test_schedule_hoists_input_projection_and_weight_grads(kind):
     assert len(_gemms(fwd_only.program.fwd_loop)) == 1 and not fwd_only.program.bwd_loop
     text = prog.dump("schedule")
     assert "x[all] @" in text and "S0[all].T @" in text
+
+
+def test_work_a_hoisted_product_reads_is_hoisted_with_it():
+    # an input MLP: tanh(x @ W1 + b1) feeds a second hoisted product, so it runs over all T*B
+    # rows before the loop; the second product's bias add only the loop reads
+    rng = np.random.default_rng(5)
+    I, M, H = 3, 4, 5
+    params = {"W1": rng.normal(size=(I, M)), "b1": rng.normal(size=(M,)),
+              "W2": rng.normal(size=(M, H)), "b2": rng.normal(size=(H,)),
+              "U": rng.normal(size=(H, H)) * 0.5}
+
+    def step(p, x, state):
+        u = gg.tanh(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+        h = gg.tanh(u + state @ p["U"])
+        return h, h
+
+    model = gg.Recurrent(step, params)
+    s0 = rng.normal(size=(2, H))
+    prog = compiler.compile(model, seq_len=4, batch=2, input_size=I, state=s0, backend="numpy")
+    p = prog.programs("train")[0].program
+    assert [type(k).__name__ for k in p.pre if not isinstance(k, Copy)] == ["Gemm", "Fused",
+                                                                             "Gemm"]
+    (inner,) = [k for k in p.pre if isinstance(k, Fused)]
+    assert [op for _, op, _, _ in inner.body] == ["add", "tanh"]
+    (gate,) = [k for k in p.fwd_loop if isinstance(k, Fused)]
+    assert [op for _, op, _, _ in gate.body] == ["add", "add", "tanh"]
+    xs = rng.normal(size=(4, 2, I))
+    check(compare(prog, model, xs, s0), np.float64, "input MLP")
 
 
 def test_lstm_schedule_dump_sections():
