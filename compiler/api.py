@@ -410,7 +410,7 @@ def compile(model, seq_len, batch, **options):
     with a head and loss (LanguageModel, SequenceClassifier, SequenceRegressor) gives a
     TrainingProgram with value_and_grad(xs, targets, state0) as well. Options: dtype,
     input_size= and state= (custom Recurrent), threads=1|2, split="auto"|"cols"|"batch"|
-    "pipeline" (how two threads share the work; see runtime/program.py), unroll=False
+    "pipeline" (how threads=2 shares the work; see runtime/program.py), unroll=False
     (native code, not with split="pipeline"), backend="native"|"numpy", opt=3,
     keep_dumps=False (keep the IR after every pass for prog.dump).
 
@@ -477,6 +477,9 @@ def _check_options(model, seq_len, batch, options):
     if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"compile: split must be one of {', '.join(map(repr, SPLITS))}, got "
                          f"{split!r}")
+    if split != "auto" and options.get("threads", 1) == 1:
+        raise ValueError(f"compile: split={split!r} shares the work between two threads; "
+                         f"threads=1 runs one (pass threads=2 with it, or leave split='auto')")
     if unroll and backend != "native":
         raise ValueError(f"compile: unroll=True emits native straight-line code; "
                          f"backend={backend!r} runs the schedule's loops in numpy")

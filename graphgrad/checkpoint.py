@@ -122,6 +122,12 @@ def load(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    # a text file or anything else that is no numpy file at all is not a damaged checkpoint
+    # (an empty file is: a save cut short)
+    if magic and not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+        raise ValueError(f"{path} is not a graphgrad checkpoint (not an .npz archive)")
     try:
         z = np.load(path, allow_pickle=False)
         arrays = {}                            # a .npy file (one bare array) has no header

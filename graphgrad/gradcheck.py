@@ -70,12 +70,32 @@ def _scalarize(out, proj):
     return (out * proj).sum()
 
 
+def _tensors(out):
+    """The Tensors of an output, in order, through nested tuples and lists (an RNN's
+    (output, h_n) or an LSTM's (output, (h_n, c_n)))."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _scalarize_all(outs, projs):
+    """Sum of every output's projection: a gradient that reaches only one output (c_n of an
+    LSTM, which the output sequence never shows) still moves the checked value."""
+    total = _scalarize(outs[0], projs[0])
+    for o, p in zip(outs[1:], projs[1:]):
+        total = total + _scalarize(o, p)
+    return total
+
+
 def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, directions=8,
               seed=0, raise_on_failure=True) -> GradcheckReport:
     """Check the tape's gradient of `fn(*tensors)` (or `fn(**tensors)` for a dict) numerically.
 
     `inputs`: list or dict of float64 arrays. A non-scalar output is projected onto a fixed
-    random tensor first, so every output entry takes part.
+    random tensor first, so every output entry takes part; a tuple of outputs is checked
+    through the sum of their projections.
     """
     _check_eps("gradcheck", eps)
     named = _as_named(inputs)
@@ -91,18 +111,18 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
         else (lambda ts: fn(*ts))
     with no_grad():
         probe = call([Tensor(a) for a in arrays])
-    if not isinstance(probe, Tensor):
+    if not _tensors(probe):
         raise TypeError(f"gradcheck: fn must return a graphgrad Tensor (built from the Tensors it "
                         f"is given, so the tape sees it), got {type(probe).__name__}")
-    proj = rng.standard_normal(probe.shape)
+    projs = [rng.standard_normal(o.shape) for o in _tensors(probe)]
 
     ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
-    _scalarize(call(ts), proj).backward()
+    _scalarize_all(_tensors(call(ts)), projs).backward()
     grads = [t.grad if t.grad is not None else np.zeros_like(t.data) for t in ts]
 
     def f(vals):
         with no_grad():
-            return float(_scalarize(call([Tensor(v) for v in vals]), proj).data)
+            return float(_scalarize_all(_tensors(call([Tensor(v) for v in vals])), projs).data)
 
     reports = [_compare(name, f, arrays, k, g, eps, max_elements, directions, rng)
                for k, ((name, _), g) in enumerate(zip(named, grads))]
@@ -117,7 +137,9 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
     """Check every parameter of `model` and every float64 array argument of `model(*args)`,
     including the arrays inside a tuple argument such as an LSTM's initial state (h0, c0).
 
-    The model's first output is projected onto a fixed random tensor; parameters are perturbed in
+    Every Tensor the model returns (the output sequence and the final state, through nested
+    tuples) is projected onto its own fixed random tensor and the projections are summed, so a
+    gradient that reaches only the final state is checked too. Parameters are perturbed in
     place (and restored, with the gradients they held), so any Module works without re-plumbing
     its parameters.
     """
@@ -141,9 +163,6 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
     rng = np.random.default_rng(seed)
     saved_grads = [None if p.grad is None else p.grad.copy() for p in params.values()]
 
-    def first(out):
-        return out[0] if isinstance(out, tuple) else out
-
     def run(vals, grad):
         for p, v in zip(params.values(), vals):
             p.data = v
@@ -156,20 +175,23 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
             else:
                 call_args[i][j] = tensors[-1]
         call_args = [tuple(c) if isinstance(a, tuple) else c for a, c in zip(args, call_args)]
-        return first(model(*call_args)), tensors
+        outs = _tensors(model(*call_args))
+        if not outs:
+            raise TypeError("gradcheck_model: the model returned no graphgrad Tensor")
+        return outs, tensors
 
     try:
         with no_grad():
-            proj = rng.standard_normal(run(arrays, False)[0].shape)
+            projs = [rng.standard_normal(o.shape) for o in run(arrays, False)[0]]
         model.zero_grad()
-        out, arg_tensors = run([a.copy() for a in arrays], True)
-        _scalarize(out, proj).backward()
+        outs, arg_tensors = run([a.copy() for a in arrays], True)
+        _scalarize_all(outs, projs).backward()
         grads = [p.grad if p.grad is not None else np.zeros_like(p.data) for p in params.values()]
         grads += [t.grad if t.grad is not None else np.zeros_like(t.data) for t in arg_tensors]
 
         def f(vals):
             with no_grad():
-                return float(_scalarize(run(vals, False)[0], proj).data)
+                return float(_scalarize_all(run(vals, False)[0], projs).data)
 
         reports = [_compare(name, f, arrays, k, g, eps, max_elements, directions, rng)
                    for k, (name, g) in enumerate(zip(names, grads))]

@@ -167,6 +167,9 @@ def test_not_a_checkpoint_and_missing(tmp_path):
         checkpoint.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "nope.npz")
+    (tmp_path / "notes.txt").write_text("hello")    # was "corrupt or truncated"
+    with pytest.raises(ValueError, match=r"notes.txt is not a graphgrad checkpoint \(not an"):
+        checkpoint.load(tmp_path / "notes.txt")
     # regression: a .npy file (np.load gives a bare array) raised "does not support the context
     # manager protocol"
     np.save(tmp_path / "arr.npy", np.zeros(2))

@@ -182,6 +182,8 @@ def test_gradcheck_builtin_and_custom(tmp_path):
     (["train", "--text", "short.txt", "--forget-bias", "nan"], ["--forget-bias", "finite"]),
     (["sample", "corrupt.npz"], ["corrupt"]),
     (["sample", "other.npz"], ["other.npz is not a graphgrad checkpoint"]),
+    # a text file was reported as a corrupt checkpoint
+    (["sample", "short.txt"], ["short.txt is not a graphgrad checkpoint (not an .npz archive)"]),
     (["sample"], ["required: checkpoint"]),
     (["bogus"], ["invalid choice"]),
     (["bench", "--bogus"], ["graphgrad bench: error:", "--bogus"]),
@@ -221,3 +223,7 @@ def test_help_for_every_command(tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("usage: graphgrad " + cmd), r.stderr
     assert "--quick" in gg("bench", "--help", cwd=tmp_path).stdout
     assert "--k2" in gg("train", "--help", cwd=tmp_path).stdout
+    # `python -m graphgrad` is the same command (it was "No module named graphgrad.__main__")
+    r = subprocess.run([sys.executable, "-m", "graphgrad", "sample", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage: graphgrad sample"), r.stderr

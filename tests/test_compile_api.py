@@ -377,12 +377,15 @@ def test_parameters_set_directly_are_checked():
      r"compile: unroll=True emits native straight-line code; backend='numpy'"),
     (dict(unroll=True, threads=2, split="pipeline"),
      r"compile: split='pipeline' runs the time loops as loops; unroll=True"),
-], ids=["split_unknown_numpy", "split_unknown_native", "unroll_numpy", "unroll_pipeline"])
+    (dict(split="batch"), r"compile: split='batch' shares the work between two threads; "
+                          r"threads=1 runs one"),
+], ids=["split_unknown_numpy", "split_unknown_native", "unroll_numpy", "unroll_pipeline",
+        "split_one_thread"])
 def test_options_that_would_be_ignored_are_refused(monkeypatch, options, words):
     """An option the program would not honour is refused by compile() before any tracing:
     an unknown split passed silently on backend='numpy' (and only failed after tracing on
-    native), unroll=True on backend='numpy' ran the loops for any T, and split='pipeline' with
-    unroll=True silently ran the column split."""
+    native), unroll=True on backend='numpy' ran the loops for any T, split='pipeline' with
+    unroll=True silently ran the column split, and an explicit split with threads=1 did nothing."""
     import compiler.api
 
     def boom(*a, **k):

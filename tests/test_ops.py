@@ -307,6 +307,33 @@ def test_gradcheck_model_checks_tuple_state_arguments(monkeypatch):
     assert [r.name for r in rep.inputs if r.max_rel_err > rep.rtol] == ["arg1[1]"]
 
 
+def test_gradcheck_model_checks_every_output_not_only_the_first(monkeypatch):
+    """Only the model's first output (the output sequence) was projected. Here it never sees c,
+    which reaches only the final state, so a wrong gradient through c passed: d(c0) was 0 on
+    both sides. Every returned Tensor now takes part."""
+    def step(p, x, state):
+        h, c = state
+        c = gg.exp(c) * 0.5 + x @ p["Wc"]
+        h = gg.tanh(x @ p["Wx"] + h @ p["Wh"])
+        return h, (h, c)
+    rng = np.random.default_rng(1)
+    m = gg.Recurrent(step, {k: rng.standard_normal(s) * .5 for k, s in
+                            (("Wc", (3, 4)), ("Wx", (3, 4)), ("Wh", (4, 4)))})
+    # T = 1: only c0 passes through the exp
+    xs, s0 = rng.standard_normal((1, 2, 3)), (rng.standard_normal((2, 4)) * .5,
+                                              rng.standard_normal((2, 4)) * .5)
+    assert gg.gradcheck_model(m, xs, s0).ok
+    monkeypatch.setattr(gg.PRIMITIVES["exp"], "vjps", (lambda g, a, x: g * a * 1.001,))
+    rep = gg.gradcheck_model(m, xs, s0, raise_on_failure=False)
+    assert [r.name for r in rep.inputs if r.max_rel_err > rep.rtol] == ["arg1[1]"]
+    # gradcheck of a function: the same for a tuple of outputs
+    def fn(a, b):
+        return gg.tanh(a), (gg.exp(b),)
+    rep = gg.gradcheck(fn, [np.linspace(-1, 1, 4), np.linspace(0, 1, 3)],
+                       raise_on_failure=False)
+    assert [r.name for r in rep.inputs if r.max_rel_err > rep.rtol] == ["arg1"]
+
+
 def test_gradcheck_model_leaves_weights_and_gradients_as_they_were():
     """Its own gradients (of a random projection) stayed in every .grad, replacing the caller's,
     and the next backward() accumulated onto them."""
