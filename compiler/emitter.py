@@ -75,6 +75,16 @@ class LLVMEmitter:
     def equal(self, x, y):
         return self._ones_where(self.b.fcmp_ordered("==", x, y), x)
 
+    def greater(self, x, y):
+        return self._ones_where(self.b.fcmp_ordered(">", x, y), x)
+
+    def greater_equal(self, x, y):
+        return self._ones_where(self.b.fcmp_ordered(">=", x, y), x)
+
+    def where(self, c, x, y):
+        # "une": NaN counts as nonzero, as in np.where
+        return self.b.select(self.b.fcmp_unordered("!=", c, self.const(0.0, c)), x, y)
+
     def pow(self, x, y):
         """x**y with numpy's values: a constant small integer exponent is repeated
         multiplication (exact for squares); otherwise |x|**y = exp(y*log|x|) with x's sign for

@@ -87,22 +87,14 @@ class IRTracer(Tracer):
     def __len__(self):
         return self.shape[0]
 
-    def _concrete(self, what):
+    def _concrete(self, what, hint="use graphgrad ops instead"):
         raise CompileError(f"{what} needs the concrete value of a traced array; a compiled step "
-                           f"cannot branch on or export data (use graphgrad ops instead)",
-                           src=user_src())
+                           f"cannot branch on or export data ({hint})", op=what, src=user_src())
 
-    def _compare(self, other, sym):
-        raise CompileError(f"comparison {sym!r} on a traced array: graphgrad has no comparison "
-                           f"ops, and a compiled step cannot branch on data (use graphgrad ops "
-                           f"such as gg.relu or a mask computed from them instead)", op=sym,
-                           src=user_src())
-
-    def __lt__(self, o): self._compare(o, "<")
-    def __le__(self, o): self._compare(o, "<=")
-    def __gt__(self, o): self._compare(o, ">")
-    def __ge__(self, o): self._compare(o, ">=")
-    def __bool__(self): self._concrete("bool()")
+    # comparisons are ops (0/1 masks, installed with the other operators); branching on one is not
+    def __bool__(self): self._concrete("bool()", "to choose between values per element, use "
+                                       "gg.where(cond, a, b) with cond from a comparison such as "
+                                       "a > b")
     def __float__(self): self._concrete("float()")
     def __int__(self): self._concrete("int()")
     def __index__(self): self._concrete("using it as an index")

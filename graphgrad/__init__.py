@@ -1,9 +1,10 @@
 """graphgrad: exact gradients through time for recurrent networks, eager and compiled."""
 from .core import (PRIMITIVES, AVal, OpDef, Tensor, Tracer, backward, detect_anomaly,
                    is_grad_enabled, no_grad, record)
-from .ops import (add, astype, broadcast_to, concat, div, equal, exp, getitem, log, matmul, max,
-                  mul, neg, one_hot, positive, power, relu, reshape, sigmoid, stop_gradient, sub,
-                  sum, take, tanh, transpose)
+from .ops import (add, astype, broadcast_to, concat, div, equal, exp, getitem, greater,
+                  greater_equal, less, less_equal, log, matmul, max, mul, neg, one_hot, positive,
+                  power, relu, reshape, sigmoid, stop_gradient, sub, sum, take, tanh, transpose,
+                  where)
 from .functional import (cross_entropy, embedding, log_softmax, mean, mse, softmax, split, stack)
 
 __version__ = "0.1.0"

@@ -191,6 +191,11 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        # numpy's rule (one element, else "ambiguous"), not __len__'s: `if t > 0` on a mask of
+        # many elements would otherwise be true whenever the mask is non-empty
+        return bool(self.data)
+
     def backward(self, grad=None):
         backward(self, grad)
 

@@ -96,6 +96,29 @@ _ew("relu", lambda x: np.maximum(x, 0).astype(x.dtype, copy=False),
 _ew("positive", lambda x: (x > 0).astype(x.dtype), None, lambda e, x: e.positive(x), 1)
 _ew("equal", lambda x, y: (x == y).astype(np.result_type(x, y)), None,
     lambda e, x, y: e.equal(x, y), 2, commutative=True)
+# x > y and x >= y as 0/1 masks of the operands' dtype (x < y is greater(y, x)); NaN compares
+# false, as in numpy
+_ew("greater", lambda x, y: (x > y).astype(np.result_type(x, y)), None,
+    lambda e, x, y: e.greater(x, y), 2)
+_ew("greater_equal", lambda x, y: (x >= y).astype(np.result_type(x, y)), None,
+    lambda e, x, y: e.greater_equal(x, y), 2)
+
+
+def _where_rule(c, x, y):
+    dt = _floats("where", c, x, y)
+    try:
+        return AVal(np.broadcast_shapes(c.shape, x.shape, y.shape), dt)
+    except ValueError:
+        raise ValueError(f"where: shapes {list(c.shape)}, {list(x.shape)} and {list(y.shape)} "
+                         f"do not broadcast") from None
+
+
+# where(cond, x, y): x where cond is nonzero (NaN counts, as in np.where), else y. A select, not
+# cond*x + (1-cond)*y: an inf or NaN in the branch not taken stays out of the value and of the
+# gradient. cond is a mask (from greater, equal, ...) and carries no gradient.
+defop("where", lambda c, x, y: np.where(c != 0, x, y), _where_rule,
+      (None, lambda g, a, c, x, y: where(c, g, 0.0), lambda g, a, c, x, y: where(c, 0.0, g)),
+      lower=lambda e, c, x, y: e.where(c, x, y), kind="elementwise", nondiff=(0,))
 
 
 def _sigmoid_np(x):
@@ -324,6 +347,11 @@ def sigmoid(x): return bind("sigmoid", x)
 def relu(x): return bind("relu", x)
 def positive(x): return bind("positive", x)
 def equal(x, y): return bind("equal", x, y)
+def greater(x, y): return bind("greater", x, y)
+def greater_equal(x, y): return bind("greater_equal", x, y)
+def less(x, y): return bind("greater", y, x)
+def less_equal(x, y): return bind("greater_equal", y, x)
+def where(cond, x, y): return bind("where", cond, x, y)
 def stop_gradient(x): return bind("stop_gradient", x)
 def matmul(x, y): return bind("matmul", x, y)
 def _ids(ids):
@@ -446,6 +474,9 @@ def _install_operators(cls):
     cls.__pow__, cls.__rpow__ = power, _swap(power)
     cls.__matmul__, cls.__rmatmul__ = matmul, _swap(matmul)
     cls.__neg__ = neg
+    # comparisons give float 0/1 masks of the operands' dtype (for where, or to multiply by);
+    # == stays identity, so Tensors can still be dict keys and set members
+    cls.__gt__, cls.__ge__, cls.__lt__, cls.__le__ = greater, greater_equal, less, less_equal
     cls.__getitem__ = getitem
     cls.T = property(lambda self: transpose(self))
     cls.transpose = lambda self, *axes: transpose(self, axes[0] if len(axes) == 1 and

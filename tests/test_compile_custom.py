@@ -82,6 +82,9 @@ OPS = [   # name, fn(a, b, k, c, p)
     # (a mean of positive terms: sums that cancel, or grow with H and saturate the tanh after
     # them, would test float32's conditioning instead of the compiler)
     ("row_mean", lambda a, b, k, c, p: a * gg.mean(gg.sigmoid(b), axis=1)[:, None] * c),
+    # comparisons: a select between two branches, and 0/1 masks multiplied in
+    ("where", lambda a, b, k, c, p: gg.where(a > b, a * c, gg.tanh(b))),
+    ("masks", lambda a, b, k, c, p: a * (b <= c) + b * (a >= c)),
 ]
 
 
@@ -151,7 +154,7 @@ def test_random_steps_numpy_backend_match_tape(recipe, two, reverse, T, B, H, dt
 
 
 ADD, SUB, MUL, DIV, DIV_SQ, TANH, SIG, RELU, EXP, NEG, SCALE, SHIFT, MM, MMC, SPLIT, CSL, POW, \
-    CACT, GAIN, LNORM, SMAX, RMAX, RGATE, RSUM = range(len(OPS))
+    CACT, GAIN, LNORM, SMAX, RMAX, RGATE, RSUM, WHERE, MASKS = range(len(OPS))
 NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(h, c))
     "one state, every elementwise op": (
         [(TANH, 0, 0, 0, 1.0), (MUL, 4, 2, 0, 1.0), (DIV, 5, 1, 0, 1.0), (EXP, 6, 0, 0, 0.7),
@@ -196,6 +199,13 @@ NATIVE = {   # name -> (recipe, two states, reverse, T, B, H, dtype, y = concat(
         [(SMAX, 1, 0, 0, -1.0), (LNORM, 5, 0, 0, 1.0), (RGATE, 3, 5, 1, -0.5),
          (RMAX, 6, 6, 0, 1.0), (RSUM, 7, 0, 0, 1.0)],
         True, True, 4, 2, 19, np.float32, False),
+    "where and comparison masks, two states": (
+        [(WHERE, 1, 2, 0, 0.5), (MASKS, 4, 0, 0, 0.2), (WHERE, 5, 3, 0, -1.0),
+         (TANH, 6, 0, 0, 1.0)],
+        True, False, 5, 3, 20, np.float64, False),
+    "where and comparison masks, reverse, float32": (
+        [(MASKS, 0, 1, 0, 0.0), (WHERE, 2, 3, 0, 1.5), (SIG, 4, 0, 0, 1.0)],
+        False, True, 4, 2, 17, np.float32, False),
     "row reductions at batch 1": (
         [(LNORM, 0, 0, 0, 0.0), (SMAX, 4, 0, 0, 2.0), (RGATE, 2, 4, 3, 0.0), (RMAX, 5, 1, 0, 1.0),
          (RSUM, 6, 7, 0, -1.0)],

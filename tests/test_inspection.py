@@ -147,12 +147,14 @@ def _compile(step, B=2, H=4):
                             backend="numpy")
 
 
-def test_comparison_on_a_traced_value_names_the_user_line():
-    # was Python's "'>' not supported between instances of 'IRTracer' and 'int'", no line
+def test_branching_on_a_traced_value_names_the_user_line():
+    # was Python's "'>' not supported between instances of 'IRTracer' and 'int'", no line; the
+    # comparison itself is an op now (a mask), and the `if` on it is what cannot compile
     with pytest.raises(CompileError) as e:
         _compile(step_branches)
     msg = str(e.value)
-    assert e.value.op == ">" and "cannot branch on data" in msg, msg
+    assert e.value.op == "bool()" and "cannot branch on or export data" in msg, msg
+    assert "gg.where(cond, a, b)" in msg, msg
     assert f"test_inspection.py:{_line(step_branches, 'branch')} (step_branches)" in msg, msg
 
 

@@ -131,7 +131,7 @@ def test_fused_kernels_prefetch_the_next_row(B, want):
 def _all_ops_program(dtype, rows, cols):
     bufs = {"X": Buffer("X", dtype, (rows, cols + 3)), "P": Buffer("P", dtype, (rows, cols)),
             "r": Buffer("r", dtype, (cols,)), "s": Buffer("s", dtype, (2,)),
-            "Y": Buffer("Y", dtype, (rows, 12 * cols)), "S": Buffer("S", dtype, (2 * cols,))}
+            "Y": Buffer("Y", dtype, (rows, 15 * cols)), "S": Buffer("S", dtype, (2 * cols,))}
     other = "float32" if dtype == "float64" else "float64"
     body = [("a", "add", ("in0", "in2"), ()), ("b", "sub", ("in0", 0.5), ()),
             ("c", "mul", ("in0", "in3"), ()), ("d", "div", ("in0", "in1"), ()),
@@ -140,17 +140,20 @@ def _all_ops_program(dtype, rows, cols):
             ("j", "relu", ("in0",), ()),
             ("k", "positive", ("in0",), ()), ("l", "equal", ("j", 0.0), ()),
             ("m", "pow", ("in1", "in2"), ()), ("n", "astype", ("in0",), (("dtype", other),)),
-            ("o", "astype", ("n",), (("dtype", dtype),)), ("p", "stop_gradient", ("o",), ())]
-    outs = [(name, Ref("Y", None, k * cols, cols)) for k, name in enumerate("abcdefghijkm")]
+            ("o", "astype", ("n",), (("dtype", dtype),)), ("p", "stop_gradient", ("o",), ()),
+            ("q", "greater", ("in0", "in2"), ()), ("r", "greater_equal", ("in0", 0.0), ()),
+            ("s", "where", ("in0", "in1", "e"), ())]   # in0: zeros, NaN (selects in1)
+    outs = [(name, Ref("Y", None, k * cols, cols)) for k, name in enumerate("abcdefghijkmqrs")]
     k = Fused("all_ops", ((Ref("X", None, 3, cols), "full"), (Ref("P"), "full"), (Ref("r"), "row"),
                           (Ref("s", None, 1, 1), "scalar")), tuple(body), tuple(outs),
               colsums=(("p", Ref("S", None, 0, cols), False), ("i", Ref("S", None, cols), True)))
     return Program(bufs, [k], [], [], [], {"batch": rows})
 
 
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "nan_inf"])
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("cols", [5, 16, 37])
-def test_every_lowered_op(dtype, rtol, cols):
+def test_every_lowered_op(dtype, rtol, cols, special):
     rng = np.random.default_rng(cols)
     rows = 3
     prog = _all_ops_program(dtype, rows, cols)
@@ -158,7 +161,9 @@ def test_every_lowered_op(dtype, rtol, cols):
               "P": rng.uniform(0.1, 3, (rows, cols)),
               "r": rng.standard_normal(cols), "s": rng.standard_normal(2),
               "S": rng.standard_normal(2 * cols)}
-    inputs["X"][0, 3:6] = [0.0, -0.0, 0.0]     # positive/relu/equal at zero
+    inputs["X"][0, 3:6] = [0.0, -0.0, 0.0]     # positive/relu/equal/greater_equal at zero
+    if special:    # comparisons with NaN are false, a NaN mask selects (as np.where)
+        inputs["X"][1, 3:7] = [np.nan, np.inf, -np.inf, np.nan]
     inputs = {k: v.astype(dtype) for k, v in inputs.items()}
     store = sched_numpy.execute(prog, 1, inputs)
     got = NativeProgram(prog).run(1, inputs)

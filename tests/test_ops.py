@@ -204,7 +204,20 @@ def _np_sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+@st.composite
+def where_case(draw):
+    # three mutually broadcastable shapes; the mask is a constant of the case (it carries no
+    # gradient, and finite differences through a 0/1 mask would flip branches)
+    sc, sx, sy = draw(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3,
+                                                        max_side=3)).input_shapes
+    c = draw(hnp.arrays(np.bool_, sc)).astype(F64)
+    x, y = draw(any_vals(sx)), draw(any_vals(sy))
+    return Case(lambda a, b: gg.where(gg.Tensor(c), a, b), [x, y],
+                lambda a, b: np.where(c != 0, a, b))
+
+
 DIFF_CASES = {
+    "where": where_case(),
     "add": binary(gg.add, np.add, any_vals, any_vals),
     "sub": binary(gg.sub, np.subtract, any_vals, any_vals),
     "mul": binary(gg.mul, np.multiply, nonzero(), nonzero()),
@@ -262,6 +275,23 @@ def test_case_tables_cover_the_primitive_table():
     assert set(DIFF_CASES) == set(DIFFERENTIABLE)
     assert set(NONDIFF_CASES) == set(NON_DIFFERENTIABLE)
     assert set(DIFFERENTIABLE) | set(NON_DIFFERENTIABLE) == set(gg.PRIMITIVES)
+
+
+def test_where_selects_without_leaking_the_other_branch():
+    """A select, not cond*x + (1-cond)*y: the inf of the branch not taken stays out of the
+    value and out of the gradient of the other operand; NaN in cond counts as true."""
+    x = gg.Tensor(np.array([1.0, np.inf, 3.0, 4.0]), requires_grad=True)
+    y = gg.Tensor(np.array([np.inf, 2.0, np.nan, 5.0]), requires_grad=True)
+    c = gg.Tensor(np.array([1.0, 0.0, 1.0, np.nan]))
+    out = gg.where(c, x, y)
+    np.testing.assert_array_equal(out.data, [1.0, 2.0, 3.0, 4.0])
+    (out * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 0.0, 2.0, 2.0])
+    np.testing.assert_array_equal(y.grad, [0.0, 2.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"where: shapes \[2\], \[3\] and \[3\] do not "):
+        gg.where(gg.Tensor(np.ones(2)), x[:3], y[:3])
+    with pytest.raises(TypeError, match="where: operands mix float32 and float64"):
+        gg.where(gg.Tensor(np.ones(4, np.float32)), x, y)
 
 
 def test_gradcheck_argument_errors():
@@ -390,6 +420,23 @@ def _check_equal(x):
     np.testing.assert_array_equal(ty.grad, (x == y).astype(F64))
 
 
+def _check_comparisons(x):
+    y = np.where(np.arange(x.size).reshape(x.shape) % 3 == 0, x, -x)   # ties, and both orders
+    tx, ty = gg.Tensor(x, requires_grad=True), gg.Tensor(y, requires_grad=True)
+    for got, want in ((tx > ty, x > y), (tx >= ty, x >= y), (tx < ty, x < y), (tx <= ty, x <= y),
+                      (tx > 0.5, x > 0.5), (gg.less(0.5, tx), 0.5 < x)):
+        assert got.dtype == F64
+        np.testing.assert_array_equal(got.data, want.astype(F64))
+    m = tx > ty                                    # a mask carries no gradient
+    (m * tx + m * ty).sum().backward()
+    np.testing.assert_array_equal(tx.grad, (x > y).astype(F64))
+    np.testing.assert_array_equal(ty.grad, (x > y).astype(F64))
+    nan = gg.Tensor(np.full(x.shape, np.nan))
+    for m in (nan > tx, nan >= tx, nan < tx, nan <= tx):
+        assert not m.data.any()                    # NaN compares false, as in numpy
+    assert not (tx == ty) is True and {tx: 1}[tx] == 1    # == stays identity: Tensors hash
+
+
 def _check_stop_gradient(x):
     t = gg.Tensor(x, requires_grad=True)
     s = gg.stop_gradient(t)
@@ -417,6 +464,7 @@ def _check_one_hot(x):
 
 
 NONDIFF_CASES = {"positive": _check_positive, "equal": _check_equal,
+                 "greater": _check_comparisons, "greater_equal": _check_comparisons,
                  "stop_gradient": _check_stop_gradient, "one_hot": _check_one_hot}
 
 
