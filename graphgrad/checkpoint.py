@@ -122,8 +122,11 @@ def load(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(6)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:       # a directory, no permission
+        raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
     # a text file or anything else that is no numpy file at all is not a damaged checkpoint
     # (an empty file is: a save cut short)
     if magic and not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):

@@ -80,12 +80,26 @@ def _tensors(out):
     return []
 
 
-def _scalarize_all(outs, projs):
-    """Sum of every output's projection: a gradient that reaches only one output (c_n of an
-    LSTM, which the output sequence never shows) still moves the checked value."""
-    total = _scalarize(outs[0], projs[0])
-    for o, p in zip(outs[1:], projs[1:]):
-        total = total + _scalarize(o, p)
+def _differentiable(outs):
+    """Indices of the outputs the tape differentiates: float64 and on the tape. A detached
+    state (truncated BPTT), an int label or a float32 constant is left out: its tape gradient
+    is zero by design, so finite differences through it would report a failure that is none."""
+    return [i for i, o in enumerate(outs) if o.requires_grad and o.dtype == np.float64]
+
+
+def _scalarize_all(outs, keep, projs, who):
+    """Sum of the kept outputs' projections: a gradient that reaches only one output (c_n of an
+    LSTM, which the output sequence never shows) still moves the checked value. With several
+    outputs each gets a random weight, scalars too, so errors in two of them cannot cancel."""
+    if len(outs) <= max(keep, default=-1):
+        raise ValueError(f"{who}: the function returned {len(outs)} Tensors on one call and more "
+                         f"on another; finite differences need the same outputs every call")
+    if len(keep) == 1:
+        return _scalarize(outs[keep[0]], projs[0])
+    terms = [(outs[i] * p).sum() for i, p in zip(keep, projs)]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
     return total
 
 
@@ -95,7 +109,7 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
 
     `inputs`: list or dict of float64 arrays. A non-scalar output is projected onto a fixed
     random tensor first, so every output entry takes part; a tuple of outputs is checked
-    through the sum of their projections.
+    through the sum of their projections (outputs off the tape, or not float64, left out).
     """
     _check_eps("gradcheck", eps)
     named = _as_named(inputs)
@@ -109,20 +123,21 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=64, d
     rng = np.random.default_rng(seed)
     call = (lambda ts: fn(**dict(zip([n for n, _ in named], ts)))) if isinstance(inputs, dict) \
         else (lambda ts: fn(*ts))
-    with no_grad():
-        probe = call([Tensor(a) for a in arrays])
-    if not _tensors(probe):
-        raise TypeError(f"gradcheck: fn must return a graphgrad Tensor (built from the Tensors it "
-                        f"is given, so the tape sees it), got {type(probe).__name__}")
-    projs = [rng.standard_normal(o.shape) for o in _tensors(probe)]
-
     ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
-    _scalarize_all(_tensors(call(ts)), projs).backward()
+    out = call(ts)
+    outs = _tensors(out)
+    keep = _differentiable(outs)
+    if not keep:
+        raise TypeError(f"gradcheck: fn must return a float64 graphgrad Tensor built from the "
+                        f"Tensors it is given (so the tape sees it), got {type(out).__name__}")
+    projs = [rng.standard_normal(outs[i].shape) for i in keep]
+    _scalarize_all(outs, keep, projs, "gradcheck").backward()
     grads = [t.grad if t.grad is not None else np.zeros_like(t.data) for t in ts]
 
     def f(vals):
         with no_grad():
-            return float(_scalarize_all(_tensors(call([Tensor(v) for v in vals])), projs).data)
+            outs = _tensors(call([Tensor(v) for v in vals]))
+            return float(_scalarize_all(outs, keep, projs, "gradcheck").data)
 
     reports = [_compare(name, f, arrays, k, g, eps, max_elements, directions, rng)
                for k, ((name, _), g) in enumerate(zip(named, grads))]
@@ -137,9 +152,10 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
     """Check every parameter of `model` and every float64 array argument of `model(*args)`,
     including the arrays inside a tuple argument such as an LSTM's initial state (h0, c0).
 
-    Every Tensor the model returns (the output sequence and the final state, through nested
-    tuples) is projected onto its own fixed random tensor and the projections are summed, so a
-    gradient that reaches only the final state is checked too. Parameters are perturbed in
+    Every float64 Tensor the model returns on the tape (the output sequence and the final
+    state, through nested tuples) is projected onto its own fixed random tensor and the
+    projections are summed, so a gradient that reaches only the final state is checked too;
+    detached, integer or float32 outputs are left out. Parameters are perturbed in
     place (and restored, with the gradients they held), so any Module works without re-plumbing
     its parameters.
     """
@@ -175,23 +191,24 @@ def gradcheck_model(model, *args, eps=1e-6, rtol=1e-6, atol=1e-12, max_elements=
             else:
                 call_args[i][j] = tensors[-1]
         call_args = [tuple(c) if isinstance(a, tuple) else c for a, c in zip(args, call_args)]
-        outs = _tensors(model(*call_args))
-        if not outs:
-            raise TypeError("gradcheck_model: the model returned no graphgrad Tensor")
-        return outs, tensors
+        return _tensors(model(*call_args)), tensors
 
     try:
-        with no_grad():
-            projs = [rng.standard_normal(o.shape) for o in run(arrays, False)[0]]
         model.zero_grad()
         outs, arg_tensors = run([a.copy() for a in arrays], True)
-        _scalarize_all(outs, projs).backward()
+        keep = _differentiable(outs)
+        if not keep:
+            raise TypeError("gradcheck_model: the model returned no float64 graphgrad Tensor "
+                            "that depends on its parameters or arguments")
+        projs = [rng.standard_normal(outs[i].shape) for i in keep]
+        _scalarize_all(outs, keep, projs, "gradcheck_model").backward()
         grads = [p.grad if p.grad is not None else np.zeros_like(p.data) for p in params.values()]
         grads += [t.grad if t.grad is not None else np.zeros_like(t.data) for t in arg_tensors]
 
         def f(vals):
             with no_grad():
-                return float(_scalarize_all(run(vals, False)[0], projs).data)
+                return float(_scalarize_all(run(vals, False)[0], keep, projs,
+                                            "gradcheck_model").data)
 
         reports = [_compare(name, f, arrays, k, g, eps, max_elements, directions, rng)
                    for k, (name, g) in enumerate(zip(names, grads))]

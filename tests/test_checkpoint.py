@@ -167,6 +167,8 @@ def test_not_a_checkpoint_and_missing(tmp_path):
         checkpoint.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "nope.npz")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*IsADirectoryError"):
+        checkpoint.load(tmp_path)
     (tmp_path / "notes.txt").write_text("hello")    # was "corrupt or truncated"
     with pytest.raises(ValueError, match=r"notes.txt is not a graphgrad checkpoint \(not an"):
         checkpoint.load(tmp_path / "notes.txt")

@@ -299,7 +299,7 @@ def test_gradcheck_argument_errors():
         gg.gradcheck(gg.tanh, [np.ones(3)], eps=0)
     with pytest.raises(ValueError, match="gradcheck_model: eps"):
         gg.gradcheck_model(gg.RNN(2, 2, dtype=np.float64), np.ones((2, 1, 2)), eps=-1e-6)
-    with pytest.raises(TypeError, match="must return a graphgrad Tensor"):
+    with pytest.raises(TypeError, match="must return a float64 graphgrad Tensor"):
         gg.gradcheck(lambda a: np.tanh(a.data).sum(), [np.ones(3)])
 
 
@@ -362,6 +362,40 @@ def test_gradcheck_model_checks_every_output_not_only_the_first(monkeypatch):
     rep = gg.gradcheck(fn, [np.linspace(-1, 1, 4), np.linspace(0, 1, 3)],
                        raise_on_failure=False)
     assert [r.name for r in rep.inputs if r.max_rel_err > rep.rtol] == ["arg1"]
+
+
+def test_gradcheck_leaves_out_outputs_the_tape_does_not_differentiate():
+    """Found in review of the every-output change: a detached final state (truncated BPTT)
+    failed the check (finite differences move it, the tape by design does not), and an int
+    label output raised in the projection. Scalars in a tuple each get a random weight, so two
+    wrong gradients that cancel in a plain sum are still caught."""
+    class TBPTT(gg.Module):
+        def __init__(self):
+            self.rnn = gg.RNN(3, 4, dtype=np.float64, seed=0)
+
+        def parameters(self):
+            return self.rnn.parameters()
+
+        def __call__(self, xs):
+            out, h = self.rnn(xs)
+            return out, h.detach(), gg.Tensor(np.argmax(out.data, axis=-1))
+    xs = np.random.default_rng(1).standard_normal((5, 2, 3))
+    assert gg.gradcheck_model(TBPTT(), xs).ok
+    assert gg.gradcheck(lambda a: (gg.tanh(a), gg.Tensor(np.arange(3)), gg.Tensor(a.data)),
+                        [np.linspace(-1, 1, 3)]).ok
+    with pytest.raises(TypeError, match="must return a float64 graphgrad Tensor"):
+        gg.gradcheck(lambda a: gg.Tensor(a.data), [np.ones(3)])
+
+    def cancelling(a):
+        return gg.exp(a).sum(), -gg.exp(a).sum()
+    args = [np.linspace(-1, 1, 3)]
+    assert gg.gradcheck(cancelling, args).ok
+    orig = gg.PRIMITIVES["exp"].vjps
+    try:
+        gg.PRIMITIVES["exp"].vjps = (lambda g, a, x: g * a * 1.5,)
+        assert not gg.gradcheck(cancelling, args, raise_on_failure=False).ok
+    finally:
+        gg.PRIMITIVES["exp"].vjps = orig
 
 
 def test_gradcheck_model_leaves_weights_and_gradients_as_they_were():
