@@ -3,7 +3,8 @@
 The trainer never computes gradients itself. It asks a *backend* for one TBPTT window at a time:
 
     backend.lm_window(model, inputs, targets, state0, loss_from, save_at) -> Window
-        forward `inputs` (T, B) from `state0` (a constant: no gradient flows into it), loss = mean
+        forward `inputs` (T, B) from `state0` (a constant: no gradient flows into it; windows are
+        time-major for a batch_first model too, which gets them transposed), loss = mean
         cross-entropy over steps loss_from..T-1, gradients of that loss for every parameter, the
         final state and the states after the steps listed in `save_at`.
     backend.lm_eval(model, inputs, targets, state0) -> (sum of cross-entropies, count, state)
@@ -78,6 +79,22 @@ def _numpy_state(state):
     return _map(state, lambda s: (s.data if isinstance(s, Tensor) else np.asarray(s)).copy())
 
 
+def _steps(model, ids, lo=0):
+    """Steps lo.. of a time-major (T, B) window in the layout the model reads: (B, T) for a
+    batch_first core (the trainer's streams and windows are always time-major)."""
+    ids = ids[lo:]
+    return ids.T if _batch_first(model) else ids
+
+
+def _batch_first(model):
+    return bool(getattr(getattr(model, "rnn", None), "batch_first", False))
+
+
+def _from(model, out, lo):
+    """Rows of the model's output (logits or core output) from step lo on, in its layout."""
+    return out[:, lo:] if _batch_first(model) else out[lo:]
+
+
 def _grads_of(params):
     return {k: (p.grad if p.grad is not None else np.zeros_like(p.data)) for k, p in params.items()}
 
@@ -117,11 +134,11 @@ class TapeBackend:
             # begins
             cuts = sorted({0, loss_from, T, *save_at})
         for a, b in zip(cuts, cuts[1:]):
-            logits, state = model(inputs[a:b], state)
+            logits, state = model(_steps(model, inputs[a:b]), state)
             lo = max(loss_from - a, 0)
             if lo < b - a:
-                ce = cross_entropy(logits if lo == 0 else logits[lo:], targets[a + lo:b],
-                                   reduction="sum")
+                ce = cross_entropy(logits if lo == 0 else _from(model, logits, lo),
+                                   _steps(model, targets[a:b], lo), reduction="sum")
                 total = ce if total is None else total + ce
             if b in save_at:
                 saved[b] = _numpy_state(state)
@@ -132,8 +149,8 @@ class TapeBackend:
 
     def lm_eval(self, model, inputs, targets, state0):
         with no_grad():
-            logits, state = model(inputs, _numpy_state(state0))
-            ce = cross_entropy(logits, targets, reduction="sum").item()
+            logits, state = model(_steps(model, inputs), _numpy_state(state0))
+            ce = cross_entropy(logits, _steps(model, targets), reduction="sum").item()
         return ce, targets.size, _numpy_state(state)
 
     def loss_and_grads(self, model, *batch):
@@ -180,21 +197,23 @@ class CompiledBackend:
         n = (T - loss_from) * B
 
         def loss_fn(out):
-            logits = model.head(out[loss_from:])
-            return cross_entropy(logits, targets[loss_from:], reduction="sum") / float(n)
+            logits = model.head(_from(model, out, loss_from))
+            return cross_entropy(logits, _steps(model, targets, loss_from),
+                                 reduction="sum") / float(n)
         inner = set(save_at) - {T}      # the state after all T steps is the final state
         loss, grads, state, states = head_and_core(
-            model, self._core(model, B), inputs, loss_fn, _numpy_state(state0),
+            model, self._core(model, B), _steps(model, inputs), loss_fn, _numpy_state(state0),
             return_states=bool(inner))
         saved = {b: states[b] if b in inner else _numpy_state(state) for b in save_at}
         return Window(loss, n, grads, _numpy_state(state), saved)
 
     def lm_eval(self, model, inputs, targets, state0):
         from compiler.training import _encode
-        out, state = self._core(model, inputs.shape[1]).forward(_encode(model, inputs),
-                                                                _numpy_state(state0))
+        out, state = self._core(model, inputs.shape[1]).forward(
+            _encode(model, _steps(model, inputs)), _numpy_state(state0))
         with no_grad():
-            ce = cross_entropy(model.head(Tensor(out)), targets, reduction="sum").item()
+            ce = cross_entropy(model.head(Tensor(out)), _steps(model, targets),
+                               reduction="sum").item()
         return ce, targets.size, _numpy_state(state)
 
     def loss_and_grads(self, model, *batch):
