@@ -20,7 +20,7 @@ from .autodiff import vjp_graph
 from .passes.layout import group_invariant_adds, pads_to_concat, sink_slices
 from .passes.loops import merge_matmuls
 from .passes.remat import recompute_cheap
-from .program import ReferenceProgram
+from .program import ReferenceProgram, _check
 from .stages import assign, one_row_sums
 
 PIPELINE = ("trace", "simplify", "merge_matmuls", "autodiff", "simplify_joint", "pads_to_concat",
@@ -51,14 +51,6 @@ def joint_graph(ld, batch, dumps=None, tag="", adjoints=False, graphs=None):
     J = keep("group_invariant_adds", simplify(group_invariant_adds(J)))
     J = keep("one_row_sums", one_row_sums(J, batch, len(F.graph["outputs"])))
     return keep("recompute_cheap", recompute_cheap(J, len(F.graph["outputs"])))
-
-
-def _param_mismatch(name, v, aval):
-    if v.shape != aval.shape:
-        raise ValueError(f"parameter {name}: shape {list(v.shape)}, the program was compiled "
-                         f"for {list(aval.shape)}")
-    raise TypeError(f"parameter {name}: dtype {v.dtype}, the program was compiled for "
-                    f"{aval.dtype.name} (no silent casts)")
 
 
 class _Layer:
@@ -233,7 +225,7 @@ class CompiledProgram(ReferenceProgram):
             if not isinstance(v, np.ndarray):    # e.g. a numpy scalar after a 0-d update
                 v = np.asarray(v)
             if v.shape != aval.shape or v.dtype != aval.dtype:
-                _param_mismatch(cl.ld.names[k], v, aval)
+                _check(f"parameter {cl.ld.names[k]}", v, aval, "the program was compiled for")
             out[k] = v
         return out
 

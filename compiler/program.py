@@ -51,12 +51,13 @@ def _structure(tree):
     return f"the structure {tree} (None is one array)"
 
 
-def _check(what, v, aval):
+def _check(what, v, aval, expected="expected"):
     v = _arr(v)
     if tuple(v.shape) != tuple(aval.shape):
-        raise ValueError(f"{what}: shape {list(v.shape)}, expected {list(aval.shape)}")
+        raise ValueError(f"{what}: shape {list(v.shape)}, {expected} {list(aval.shape)}")
     if v.dtype != aval.dtype:
-        raise TypeError(f"{what}: dtype {v.dtype}, expected {aval.dtype.name} (no silent casts)")
+        raise TypeError(f"{what}: dtype {v.dtype}, {expected} {aval.dtype.name} "
+                        "(no silent casts)")
     return v
 
 

@@ -86,6 +86,3 @@ class TrainingProgram:
             self.model, self.core, xs, lambda out: self.model.head_loss(out, targets), state0)
         return loss, grads, state_T
 
-
-def compile_training(model, seq_len, batch, **options) -> TrainingProgram:
-    return TrainingProgram(model, seq_len, batch, **options)

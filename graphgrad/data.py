@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+from .ops import check_ids
+
 
 class CharVocab:
     """A character <-> id mapping built from text.
@@ -46,9 +48,7 @@ class CharVocab:
     def decode(self, ids):
         """Map a sequence of ids back to a string."""
         ids = np.asarray(ids).ravel()
-        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
-            raise ValueError(f"CharVocab.decode: ids must be in [0, {self.size}), got range "
-                             f"[{ids.min()}, {ids.max()}]")
+        check_ids("CharVocab.decode: ids", ids, self.size, ValueError)
         return "".join(self.chars[i] for i in ids.tolist())
 
     def to_dict(self):
@@ -70,8 +70,7 @@ class CharVocab:
 def one_hot(ids, size, dtype=np.float32):
     """One-hot encode an int array: shape ids.shape + (size,)."""
     ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= size):
-        raise ValueError(f"one_hot: ids must be in [0, {size}), got [{ids.min()}, {ids.max()}]")
+    check_ids("one_hot: ids", ids, size, ValueError)
     return np.eye(size, dtype=dtype)[ids]
 
 

@@ -9,7 +9,7 @@ from .core import Tensor, no_grad
 from .functional import cross_entropy, embedding, softmax
 from .module import Module
 from .nn import GRU, LSTM, RNN
-from .ops import getitem, one_hot
+from .ops import check_ids as _check_ids, getitem, one_hot
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
@@ -187,11 +187,6 @@ class SequenceRegressor(SequenceClassifier):
             raise ValueError(f"SequenceRegressor: targets {list(t.shape)} must hold one value per "
                              f"batch row and output, i.e. {list(pred.shape)}")
         return mse(pred, t.astype(pred.dtype).reshape(pred.shape))
-
-
-def _check_ids(what, ids, size):
-    if ids.size and (ids.min() < 0 or ids.max() >= size):
-        raise IndexError(f"{what} must lie in [0, {size}), got min {ids.min()} max {ids.max()}")
 
 
 def perplexity(mean_cross_entropy):

@@ -296,10 +296,14 @@ def _take_rule(w, ids):
     return AVal(tuple(ids.shape) + (w.shape[1],), w.dtype)
 
 
+def check_ids(what, ids, n, error=IndexError):
+    """Integer ids must index one of n rows/classes; the message names both ends found."""
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise error(f"{what} must lie in [0, {n}), got min {int(ids.min())} max {int(ids.max())}")
+
+
 def _take_fwd(w, ids):
-    if ids.size and (ids.min() < 0 or ids.max() >= w.shape[0]):
-        raise IndexError(f"take: index {int(ids.max() if ids.max() >= w.shape[0] else ids.min())} "
-                         f"is out of range for a table of {w.shape[0]} rows")
+    check_ids(f"take: indices into a table of {w.shape[0]} rows", ids, w.shape[0])
     return w[ids]
 
 
@@ -324,9 +328,7 @@ def _one_hot_rule(ids, n, dtype):
 
 
 def _one_hot_fwd(ids, n, dtype):
-    if ids.size and (ids.min() < 0 or ids.max() >= n):
-        raise IndexError(f"one_hot: index out of range for {n} classes "
-                         f"(min {int(ids.min())}, max {int(ids.max())})")
+    check_ids(f"one_hot: indices into {n} classes", ids, n)
     return (ids[..., None] == np.arange(n)).astype(dtype)
 
 
