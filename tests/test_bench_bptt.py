@@ -98,3 +98,54 @@ def test_a_peer_that_computes_other_gradients_is_not_timed():
             for p, e in (("compiled", 0.0), ("torch", 2e-6), ("jax", 5e-7))]
     assert "largest relative difference was 2.0e-06 (torch, 1 thread, lstm (1, 2, 2, 3))" in \
         bench_bptt.agreement_note(rows)
+
+
+def test_cpu_ticks_reads_this_machines_cores():
+    if not os.path.exists("/proc/stat"):
+        assert bench_bptt.cpu_ticks([0]) is None
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    steal, total = bench_bptt.cpu_ticks(cpus)
+    one = bench_bptt.cpu_ticks(cpus[:1])
+    assert 0 <= steal <= total and 0 < one[1] <= total
+    assert bench_bptt.steal_between((5, 100), (15, 300)) == pytest.approx(0.05)
+    assert bench_bptt.steal_between((5, 100), (5, 100)) is None     # no tick went by
+    assert bench_bptt.steal_between(None, (5, 100)) is None
+
+
+def _fake_ticks(steals):
+    """A tick source whose successive attempts see the given steal fractions (100 ticks each)."""
+    readings = []
+    for k, st in enumerate(steals):
+        readings += [(0, 1000 * k), (int(100 * st), 1000 * k + 100)]
+    it = iter(readings)
+    return lambda cpus: next(it)
+
+
+def test_a_noisy_row_is_timed_again_and_the_quietest_attempt_kept():
+    calls = []
+
+    def row():
+        calls.append(len(calls))
+        return calls[-1]
+    res, st, n = bench_bptt.timed_quietly(row, [0], max_steal=0.05, retries=2,
+                                          ticks=_fake_ticks([0.30, 0.10, 0.20]))
+    assert (res, st, n) == (1, pytest.approx(0.10), 3) and calls == [0, 1, 2]
+    calls.clear()
+    res, st, n = bench_bptt.timed_quietly(row, [0], max_steal=0.05, retries=2,
+                                          ticks=_fake_ticks([0.30, 0.02, 0.0]))
+    assert (res, st, n) == (1, pytest.approx(0.02), 2) and calls == [0, 1]
+    calls.clear()
+    res, st, n = bench_bptt.timed_quietly(row, [0], retries=5, ticks=lambda cpus: None)
+    assert (res, st, n) == (0, None, 1)       # steal unreadable: one attempt, reported as such
+
+
+def test_table_reports_the_worst_steal_of_a_row():
+    rows = _rows()
+    for r, st in zip(rows, [0.01, 0.03, None, 0.02, 0.0, 0.0]):
+        r["steal"] = st
+    head, _, row = bench_bptt.table(rows, peak1=100.0).splitlines()
+    cols = dict(zip([c.strip() for c in head.strip("|").split("|")],
+                    [c.strip() for c in row.strip("|").split("|")]))
+    assert cols["host steal"] == "3%"
+    assert bench_bptt.table(_rows(), peak1=100.0).splitlines()[2].endswith("| – |")
